@@ -1,0 +1,22 @@
+"""evoloss loss library (leaf package: imports nothing else of ours).
+
+Families register themselves on import; `create_loss(spec)` builds one, `list_losses()` names them.
+"""
+from __future__ import annotations
+
+from losses.registry import Family, LossSpec, Param, get_family, list_losses, register_family
+from losses.module import Loss, create_loss
+
+# Each family is one module; importing it registers it.
+from losses import ce  # noqa: F401  (registration)
+
+__all__ = [
+    "Family",
+    "Loss",
+    "LossSpec",
+    "Param",
+    "create_loss",
+    "get_family",
+    "list_losses",
+    "register_family",
+]
