@@ -78,7 +78,7 @@ class Loss(nn.Module):
             f"{k}={v:g}" if not isinstance(v, torch.Tensor) else f"{k}=tensor{tuple(v.shape)}"
             for k, v in self.spec.params.items()
         )
-        return f"family={self.spec.family!r}, {ps}, reduction={self.reduction!r}"
+        return ", ".join(x for x in (f"family={self.spec.family!r}", ps, f"reduction={self.reduction!r}") if x)
 
 
 def create_loss(spec: LossSpec | str, reduction: str = "mean", **params) -> Loss:
