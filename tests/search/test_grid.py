@@ -1,0 +1,108 @@
+"""TaskGrid modes, the seeded per-generation subset, and fitness from evaluation rows."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from search.grid import TaskGrid, fitness_from_rows, metric_column
+from workers.task import Budget, NoiseSpec, Task
+
+SYM80 = NoiseSpec(kind="symmetric", rate=0.8, convention="exact")
+ASYM40 = NoiseSpec(kind="asymmetric", rate=0.4, convention="pairflip")
+
+
+def test_ar_grid_is_the_product_in_order() -> None:
+    grid = TaskGrid(datasets=("digits",), archs=("mlp2", "mlp3", "cnn4"), noises=(SYM80, ASYM40), seeds=(0, 1),
+                    mode="ar", budget=Budget(epochs=3))
+    tasks = grid.tasks()
+    assert len(tasks) == len(grid) == 3 * 2 * 2
+    assert all(isinstance(t, Task) and t.dataset == "digits" and t.budget.epochs == 3 for t in tasks)
+    assert [(t.arch, t.noise.kind, t.seed) for t in tasks[:5]] == [
+        ("mlp2", "symmetric", 0), ("mlp2", "symmetric", 1), ("mlp2", "asymmetric", 0), ("mlp2", "asymmetric", 1),
+        ("mlp3", "symmetric", 0),
+    ]
+    assert len({t.key() for t in tasks}) == len(tasks)
+
+
+def test_dr_and_ardr() -> None:
+    dr = TaskGrid(datasets=("digits", "mnist1d"), archs=("mlp2",), mode="dr")
+    assert [t.dataset for t in dr.tasks()] == ["digits", "mnist1d"]
+    ardr = TaskGrid(datasets=("digits", "mnist1d"), archs=("mlp2", "cnn1d"), mode="ardr")
+    assert {(t.arch, t.dataset) for t in ardr.tasks()} == {
+        ("mlp2", "digits"), ("mlp2", "mnist1d"), ("cnn1d", "digits"), ("cnn1d", "mnist1d")}
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(datasets=("digits", "mnist1d"), archs=("mlp2",), mode="ar"), "'ar'.*one dataset"),
+        (dict(datasets=("digits",), archs=("mlp2", "mlp3"), mode="dr"), "'dr'.*one architecture"),
+        (dict(datasets=("digits",), archs=("mlp2",), mode="arl"), "not one of"),
+        (dict(datasets=(), archs=("mlp2",)), "datasets must be a non-empty"),
+        (dict(datasets=("digits", "digits"), archs=("mlp2",)), "twice"),
+        (dict(datasets=("digits",), archs=("mlp2",), seeds=(0, 0)), "distinct"),
+        (dict(datasets=("digits",), archs=("mlp2",), seeds=(-1,)), "non-negative"),
+        (dict(datasets=("digits",), archs=("mlp2",), subset_size=2), r"\[1, 1\]"),
+        (dict(datasets=("digits",), archs=("mlp2",), metric_rule="final"), "metric_rule"),
+    ],
+)
+def test_bad_grids(kwargs: dict, words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        TaskGrid(**kwargs)
+
+
+def test_subset_is_seeded_per_generation_and_recorded() -> None:
+    grid = TaskGrid(datasets=("digits", "mnist1d"), archs=("mlp2", "mlp3", "cnn1d"), seeds=(0, 1), subset_size=4,
+                    subset_seed=11)
+    full_keys = [t.key() for t in grid.tasks()]
+    subsets = [grid.subset_keys(g) for g in range(6)]
+    for keys in subsets:
+        assert len(keys) == 4 and len(set(keys)) == 4 and set(keys) <= set(full_keys)
+        assert keys == sorted(keys, key=full_keys.index)  # grid order kept
+    assert len({tuple(k) for k in subsets}) > 1  # a fresh subset each generation
+    again = TaskGrid(datasets=("digits", "mnist1d"), archs=("mlp2", "mlp3", "cnn1d"), seeds=(0, 1), subset_size=4,
+                     subset_seed=11)
+    assert [again.subset_keys(g) for g in range(6)] == subsets  # pure function of (seed, generation)
+    other = TaskGrid(datasets=("digits", "mnist1d"), archs=("mlp2", "mlp3", "cnn1d"), seeds=(0, 1), subset_size=4,
+                     subset_seed=12)
+    assert [other.subset_keys(g) for g in range(6)] != subsets
+    assert grid.tasks_for_generation(0) == [t for t in grid.tasks() if t.key() in subsets[0]]
+    assert TaskGrid(datasets=("digits",), archs=("mlp2",)).tasks_for_generation(3) == TaskGrid(
+        datasets=("digits",), archs=("mlp2",)).tasks()
+
+
+def row(candidate: int, status: str = "ok", last: float = 0.5, best: float = 0.6) -> dict:
+    return {"candidate": candidate, "status": status, "val_acc_last": last, "val_acc_best": best}
+
+
+def test_fitness_mean_over_tasks_with_the_failure_rules() -> None:
+    rows = [
+        row(0, last=0.2), row(0, last=0.4), row(0, last=0.9, status="ok"),
+        row(1, status="failed", last=math.nan), row(1, status="timeout", last=math.nan),  # all lost -> NaN
+        row(2, last=0.6), row(2, status="diverged", last=math.nan),  # diverged, nothing recorded -> 0.0
+        row(3, last=0.7), row(3, status="timeout", last=math.nan),  # left out -> mean of the rest
+        row(4, status="diverged", last=0.3), row(4, last=0.5),  # diverged with a record -> counts
+    ]
+    fit = fitness_from_rows(rows, "last", candidates=range(6))
+    assert fit[0] == pytest.approx((0.2 + 0.4 + 0.9) / 3)
+    assert math.isnan(fit[1]) and math.isnan(fit[5])  # 5: no row at all
+    assert fit[2] == pytest.approx(0.3) and fit[3] == pytest.approx(0.7) and fit[4] == pytest.approx(0.4)
+    assert list(fit) == [0, 1, 2, 3, 4, 5]
+    best = fitness_from_rows(rows, "best")
+    assert best[0] == pytest.approx(0.6) and set(best) == {0, 1, 2, 3, 4}
+
+
+def test_fitness_accepts_a_dataframe_and_rejects_bad_rows() -> None:
+    df = pd.DataFrame([row(0, last=0.25), row(1, last=0.75), row(0, last=0.75)])
+    assert fitness_from_rows(df, "last") == {0: 0.5, 1: 0.75}
+    assert metric_column("best") == "val_acc_best"
+    with pytest.raises(ValueError, match="lacks"):
+        fitness_from_rows([{"candidate": 0, "status": "ok"}], "last")
+    with pytest.raises(ValueError, match="status"):
+        fitness_from_rows([row(0, status="crashed")], "last")
+    with pytest.raises(TypeError, match="val_acc_last"):
+        fitness_from_rows([row(0, last="0.5")], "last")
+    with pytest.raises(ValueError, match="metric_rule"):
+        fitness_from_rows([row(0)], "median")
