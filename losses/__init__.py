@@ -8,7 +8,21 @@ from losses.registry import Family, LossSpec, Param, get_family, list_losses, re
 from losses.module import Loss, create_loss
 
 # Each family is one module; importing it registers it.
-from losses import ce  # noqa: F401  (registration)
+from losses import (  # noqa: F401  (registration)
+    apl,
+    bitempered,
+    bootstrap,
+    ce,
+    focal,
+    gce,
+    js,
+    label_smoothing,
+    mae,
+    polysoft,
+    sce,
+    taylor,
+)
+from losses.plugin import export_plugin, load_loss, read_plugin
 
 __all__ = [
     "Family",
@@ -16,7 +30,10 @@ __all__ = [
     "LossSpec",
     "Param",
     "create_loss",
+    "export_plugin",
     "get_family",
     "list_losses",
+    "load_loss",
+    "read_plugin",
     "register_family",
 ]
