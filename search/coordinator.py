@@ -1,0 +1,234 @@
+"""The generation loop: ask → decode → dispatch → record → tell → checkpoint (ARCHITECTURE.md).
+
+`run_search(config, pool, store)` drives one search. The coordinator is not the strategy
+(STYLE.md): it maps jobs to candidates, turns records into rows, and tells `CMAStrategy` only
+about complete generations. Each generation is stored as one unit — evaluation rows, its
+generation row, then the strategy state (`ResultStore` contract) — so a search killed at any point
+resumes from its last complete generation with the same trajectory and no duplicated rows.
+
+Failures inside a generation never stop the search: a job's records say ``failed``/``timeout``/
+``diverged``, `search.grid.fitness_from_rows` decides what counts, and the strategy's single
+failure policy ranks the rest.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+import numpy as np
+
+import losses
+from losses import LossSpec
+from losses.versions import evoloss_version
+from results.schema import SCHEMA_VERSION
+from results.store import ResultStore
+from search.config import SearchConfig, config_dict, initial_genome
+from search.grid import TaskGrid, fitness_from_rows, grid_from_config, metric_column
+from search.strategy import CMAStrategy
+from workers.ray_actors import Job
+from workers.task import Task
+
+ProgressFn = Callable[[str], None]
+
+
+class JobRunnerPool(Protocol):
+    """What the coordinator needs of a dispatcher (`search.dispatch.ActorPool` or an in-process one)."""
+
+    def run_jobs(self, jobs: Sequence[Job], *, timeout_s: float | None = None,
+                 on_result: Callable[[Any], None] | None = None) -> list[Any]: ...
+
+    size: int  # actors (jobs that can run at once)
+
+
+@dataclass
+class SearchSummary:
+    run_id: str
+    generations: int
+    evaluations: int
+    best_fitness: float
+    best_spec: LossSpec | None
+    stop_reasons: dict[str, str]
+    wall_s: float
+    train_s: float
+    resumed_from: int | None = None
+    history: list[dict] = field(default_factory=list)
+
+
+def make_strategy(config: SearchConfig) -> CMAStrategy:
+    """The CMA-ES of ``config`` over its family's genome."""
+    family = losses.get_family(config.search.family)
+    s = config.search
+    return CMAStrategy(
+        family.dim, popsize=s.popsize, sigma0=s.sigma0, seed=s.seed, x0=initial_genome(config),
+        max_generations=s.generations, failure_margin=s.failure_margin, failure_floor=s.failure_floor,
+    )
+
+
+def decode_candidates(family_name: str, genomes: np.ndarray) -> list[LossSpec]:
+    """Genomes → loss specs (every decoded value lies inside its parameter's valid range)."""
+    family = losses.get_family(family_name)
+    return [LossSpec(family_name, family.decode(g)) for g in np.asarray(genomes)]
+
+
+def make_jobs(generation: int, tasks: Sequence[Task], specs: Sequence[LossSpec], trainer: str,
+              actors: int) -> list[Job]:
+    """One job per task × chunk of candidates; candidates are split so that jobs ≥ actors.
+
+    Chunks are contiguous and a pure function of (len(specs), len(tasks), actors), so a resumed
+    run with the same cluster size forms the same jobs.
+    """
+    k = len(specs)
+    chunks_per_task = max(1, min(k, math.ceil(max(actors, 1) / max(len(tasks), 1))))
+    bounds = np.linspace(0, k, chunks_per_task + 1).round().astype(int)
+    jobs = []
+    for t, task in enumerate(tasks):
+        for c in range(chunks_per_task):
+            lo, hi = int(bounds[c]), int(bounds[c + 1])
+            if lo == hi:
+                continue
+            jobs.append(Job(job_id=f"g{generation}-t{t}-c{c}", task=task, specs=tuple(specs[lo:hi]),
+                            trainer=trainer, candidates=tuple(range(lo, hi))))
+    return jobs
+
+
+def record_to_row(rec: Mapping[str, Any], task: Task, *, run_id: str, generation: int, metric_rule: str,
+                  method: str = "", method_kind: str = "") -> dict[str, Any]:
+    """A worker's record dict (EvalRecord fields + identity) → one evaluation row of results.schema."""
+    n = task.noise
+    return {
+        "run_id": run_id, "generation": int(generation), "candidate": int(rec["candidate"]),
+        "method": method, "method_kind": method_kind,
+        "family": rec["family"], "params": rec.get("params") or {},
+        "dataset": task.dataset, "arch": task.arch, "noise_type": n.kind, "noise_rate": float(n.rate),
+        "noise_convention": rec.get("noise_convention") or n.convention,
+        "noise_rate_realised": float(rec.get("noise_rate_realised", math.nan)),
+        "seed": int(task.seed), "task_key": task.key(),
+        "status": rec["status"], "error": rec.get("error") or "",
+        "val_acc_last": float(rec["val_acc_last"]), "val_acc_best": float(rec["val_acc_best"]),
+        "test_acc_last": float(rec["test_acc_last"]), "test_acc_best": float(rec["test_acc_best"]),
+        "noisy_val_acc_best": float(rec.get("noisy_val_acc_best", math.nan)),
+        "best_epoch": int(rec.get("best_epoch", -1)), "epochs_run": int(rec.get("epochs_run", 0)),
+        "curve_val": [float(v) for v in rec.get("curve_val") or []],
+        "train_loss_last": float(rec.get("train_loss_last", math.nan)),
+        "wall_s": float(rec.get("wall_s", 0.0)), "device": rec.get("device") or "",
+        "host": rec.get("host") or "", "trainer": rec.get("trainer") or "",
+        "metric_rule": metric_rule, "fitness_metric": metric_column(metric_rule),
+        "evoloss_version": rec.get("evoloss_version") or evoloss_version(),
+        "torch_version": rec.get("torch_version") or "",
+        "schema_version": SCHEMA_VERSION, "extra": rec.get("extra") or {},
+    }
+
+
+def _rows_from_results(results: Sequence[Any], jobs: Sequence[Job], **row_args: Any) -> list[dict]:
+    by_id = {job.job_id: job for job in jobs}
+    rows = []
+    for res in results:
+        job = by_id[res.job_id]
+        rows.extend(record_to_row(rec, job.task, **row_args) for rec in res.records)
+    rows.sort(key=lambda r: (r["task_key"], r["candidate"]))
+    return rows
+
+
+def _generation_row(run_id: str, generation: int, fitness: Mapping[int, float], specs: Sequence[LossSpec],
+                    strategy: CMAStrategy, rows: Sequence[Mapping], wall_s: float, grid_keys: list[str]) -> dict:
+    finite = {c: f for c, f in fitness.items() if math.isfinite(f)}
+    best_c = max(finite, key=lambda c: (finite[c], -c)) if finite else -1
+    values = np.array(list(finite.values())) if finite else np.array([math.nan])
+    return {
+        "run_id": run_id, "generation": generation,
+        "best_fitness": float(finite[best_c]) if finite else math.nan,
+        "mean_fitness": float(np.mean(values)), "median_fitness": float(np.median(values)),
+        "best_candidate": int(best_c), "best_params": dict(specs[best_c].params) if finite else {},
+        "sigma": float(strategy.sigma), "evaluations": len(rows),
+        "failed": sum(1 for r in rows if r["status"] != "ok"),
+        "evals_per_s": len(rows) / wall_s if wall_s > 0 else math.nan, "wall_s": float(wall_s),
+        "grid_subset": grid_keys, "timestamp": _dt.datetime.now(_dt.timezone.utc),
+    }
+
+
+def run_search(config: SearchConfig, pool: JobRunnerPool, store: ResultStore, *, run_id: str,
+               progress: ProgressFn | None = None, max_new_generations: int | None = None) -> SearchSummary:
+    """Run (or resume) the search of ``config`` until the strategy stops.
+
+    Resumes from ``store.load_state()`` when the store holds a complete generation. Returns the
+    summary; every generation is already stored when this returns (or raises).
+    ``max_new_generations`` stops early after that many generations of this call (tests use it to
+    simulate an interrupted run).
+    """
+    say = progress or (lambda _line: None)
+    grid = grid_from_config(config)
+    saved = store.load_state()
+    strategy = make_strategy(config)
+    resumed_from = None
+    if saved is not None:
+        resumed_from, state = saved
+        strategy.restore(state["strategy"])
+    t_start = time.perf_counter()
+    train_s = 0.0
+    done_now = 0
+    history: list[dict] = []
+    while not strategy.stop():
+        if max_new_generations is not None and done_now >= max_new_generations:
+            break
+        g = strategy.generation
+        t0 = time.perf_counter()
+        genomes = strategy.ask()
+        specs = decode_candidates(config.search.family, genomes)
+        tasks = grid.tasks_for_generation(g)
+        jobs = make_jobs(g, tasks, specs, config.train.trainer, pool.size)
+        finished = [0]
+
+        def on_result(res: Any, total: int = len(jobs)) -> None:
+            finished[0] += 1
+            say(f"\rgen {g}: {finished[0]}/{total} jobs")
+
+        results = pool.run_jobs(jobs, timeout_s=config.cluster.timeout_s, on_result=on_result)
+        rows = _rows_from_results(results, jobs, run_id=run_id, generation=g,
+                                  metric_rule=config.grid.metric_rule)
+        fitness = fitness_from_rows(rows, config.grid.metric_rule, candidates=range(len(specs)))
+        strategy.tell(genomes, [fitness[c] for c in range(len(specs))])
+        wall = time.perf_counter() - t0
+        train_s += sum(r["wall_s"] for r in rows)
+        gen_row = _generation_row(run_id, g, fitness, specs, strategy, rows, wall, [t.key() for t in tasks])
+        store.append(g, rows, gen_row)
+        store.save_state(g, {"strategy": strategy.state(), "generation": g,
+                             "config": config_dict(config), "run_id": run_id})
+        done_now += 1
+        history.append(gen_row)
+        say(_progress_line(gen_row, g, config.search.generations, time.perf_counter() - t_start, done_now))
+    return _summary(config, store, strategy, run_id, time.perf_counter() - t_start, train_s, resumed_from, history)
+
+
+def _progress_line(gen_row: Mapping, g: int, total: int, elapsed: float, done_now: int) -> str:
+    eta = elapsed / done_now * max(total - g - 1, 0)
+    return (f"\rgen {g + 1}/{total}  best {gen_row['best_fitness']:.4f}  mean {gen_row['mean_fitness']:.4f}  "
+            f"sigma {gen_row['sigma']:.3g}  {gen_row['evals_per_s']:.2f} evals/s  "
+            f"failed {gen_row['failed']}  ETA {eta:.0f}s\n")
+
+
+def best_candidate(store: ResultStore, metric_rule: str) -> tuple[LossSpec, float, int, int] | None:
+    """The best (spec, fitness, generation, candidate) over every complete generation, or None."""
+    gens = store.read_generations(complete_only=True)
+    gens = gens[np.isfinite(gens["best_fitness"])]
+    if gens.empty:
+        return None
+    top = gens.sort_values(["best_fitness", "generation"], ascending=[False, True]).iloc[0]
+    evals = store.read(complete_only=True)
+    row = evals[(evals["generation"] == top["generation"]) & (evals["candidate"] == top["best_candidate"])].iloc[0]
+    spec = LossSpec(row["family"], json.loads(row["params"]))
+    return spec, float(top["best_fitness"]), int(top["generation"]), int(top["best_candidate"])
+
+
+def _summary(config: SearchConfig, store: ResultStore, strategy: CMAStrategy, run_id: str, wall: float,
+             train_s: float, resumed_from: int | None, history: list[dict]) -> SearchSummary:
+    best = best_candidate(store, config.grid.metric_rule)
+    evals = store.read(complete_only=True)
+    return SearchSummary(
+        run_id=run_id, generations=len(store.generations_done()), evaluations=len(evals),
+        best_fitness=best[1] if best else math.nan, best_spec=best[0] if best else None,
+        stop_reasons=strategy.stop(), wall_s=wall, train_s=train_s, resumed_from=resumed_from, history=history,
+    )

@@ -1,0 +1,54 @@
+"""Run directories: create one for a new run, reopen one to resume, write files atomically."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from search.config import SearchConfig, load_config, resolved_toml
+
+CONFIG_NAME = "config.toml"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temp file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def check_new_run_dir(run_dir: Path) -> None:
+    """A new run needs an absent or empty directory (never mix two runs' rows)."""
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise ValueError(
+            f"run directory {str(run_dir)!r} already exists and is not empty; pass --resume to continue it, "
+            "or choose another --out"
+        )
+
+
+def create_run_dir(run_dir: Path, config: SearchConfig) -> None:
+    """Create ``run_dir`` with its resolved ``config.toml`` (every default written out)."""
+    check_new_run_dir(run_dir)
+    atomic_write_text(run_dir / CONFIG_NAME, resolved_toml(config))
+
+
+def load_run_config(run_dir: Path) -> SearchConfig:
+    """The config a run was started with (for --resume, status and export)."""
+    path = run_dir / CONFIG_NAME
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {str(run_dir)!r} does not exist")
+    if not path.is_file():
+        raise ValueError(f"{str(run_dir)!r} is not an evoloss run directory: {CONFIG_NAME} is missing")
+    return load_config(path)
+
+
+def run_id_of(run_dir: Path) -> str:
+    return Path(run_dir).resolve().name

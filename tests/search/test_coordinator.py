@@ -1,0 +1,111 @@
+"""The generation loop without Ray (InProcessPool): resume, failures, rows and export."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from losses.plugin import load_loss
+from results.store import MemoryStore, ParquetStore
+from search.config import load_config
+from search.coordinator import best_candidate, make_jobs, run_search
+from search.dispatch import JobResult
+from search.local_pool import InProcessPool
+from workers.ray_actors import failure_records
+
+TINY = {
+    "search.family": "gce", "search.popsize": 4, "search.generations": 3, "search.seed": 3,
+    "grid.datasets": ["synthetic:n=300,c=3,d=6"], "grid.archs": ["mlp2"], "grid.mode": "ar",
+    "grid.noise": [{"type": "symmetric", "rate": 0.4}], "train.epochs": 2, "train.batch_size": 32,
+    "train.trainer": "standard",
+}
+
+
+def _config(**over):
+    return load_config(overrides={**TINY, **over})
+
+
+def _comparable(df: pd.DataFrame) -> pd.DataFrame:
+    drop = [c for c in ("wall_s", "timestamp", "evals_per_s", "host") if c in df.columns]
+    return df.drop(columns=drop).reset_index(drop=True)
+
+
+def test_search_runs_and_records_every_evaluation():
+    store = MemoryStore()
+    summary = run_search(_config(), InProcessPool(), store, run_id="r")
+    evals = store.read()
+    assert summary.generations == 3 and len(evals) == 3 * 4
+    assert set(evals["status"]) == {"ok"}
+    assert evals.groupby("generation")["candidate"].nunique().tolist() == [4, 4, 4]
+    assert (evals["noise_convention"] == "symmetric/exact").all() or (evals["noise_convention"] != "").all()
+    assert "max_generations" in summary.stop_reasons
+    gens = store.read_generations()
+    assert np.allclose(gens["best_fitness"], evals.groupby("generation")["val_acc_last"].max())
+    assert summary.best_fitness == pytest.approx(gens["best_fitness"].max())
+
+
+def test_resume_gives_the_uninterrupted_trajectory(tmp_path):
+    full = ParquetStore(tmp_path / "full")
+    run_search(_config(), InProcessPool(), full, run_id="x")
+    part = ParquetStore(tmp_path / "part")
+    run_search(_config(), InProcessPool(), part, run_id="x", max_new_generations=1)
+    assert part.generations_done() == [0]
+    summary = run_search(_config(), InProcessPool(), ParquetStore(tmp_path / "part"), run_id="x")
+    assert summary.resumed_from == 0
+    pd.testing.assert_frame_equal(_comparable(full.read_generations()), _comparable(part.read_generations()))
+    pd.testing.assert_frame_equal(_comparable(full.read()), _comparable(part.read()))
+    keys = part.read()[["generation", "candidate", "task_key"]]
+    assert not keys.duplicated().any()
+
+
+class FlakyPool(InProcessPool):
+    """Fails the first job of every generation as `failed`, the second as `timeout`."""
+
+    def run_jobs(self, jobs, *, timeout_s=None, on_result=None):
+        out = []
+        for i, job in enumerate(jobs):
+            if i < 2:
+                status = ("failed", "timeout")[i]
+                out.append(JobResult(job.job_id, status, failure_records(job, status, f"injected {status}"), 1, 0.0))
+            else:
+                out.extend(super().run_jobs([job]))
+        return out
+
+
+def test_failed_and_timed_out_jobs_never_stop_the_search():
+    store = MemoryStore()
+    config = _config(**{"grid.seeds": [0, 1, 2]})
+    summary = run_search(config, FlakyPool(), store, run_id="f")
+    evals = store.read()
+    assert summary.generations == 3
+    assert set(evals["status"]) == {"ok", "failed", "timeout"}
+    assert evals.loc[evals["status"] != "ok", "error"].str.startswith("injected").all()
+    assert math.isfinite(summary.best_fitness)
+
+
+def test_make_jobs_splits_candidates_to_fill_actors():
+    from losses import LossSpec
+    from workers.task import Task
+
+    specs = [LossSpec("ce")] * 8
+    one = make_jobs(0, [Task("digits", "mlp2")], specs, "population", actors=4)
+    assert [len(j.specs) for j in one] == [2, 2, 2, 2]
+    assert sorted(c for j in one for c in j.candidates) == list(range(8))
+    many = make_jobs(0, [Task("digits", "mlp2", seed=s) for s in range(5)], specs, "population", actors=2)
+    assert [len(j.specs) for j in many] == [8] * 5
+
+
+def test_export_best_is_loadable(tmp_path):
+    from search.commands.export import export_best
+    from search.run_dir import create_run_dir
+
+    config = _config(**{"search.generations": 1})
+    run = tmp_path / "run"
+    create_run_dir(run, config)
+    run_search(config, InProcessPool(), ParquetStore(run), run_id="run")
+    out = export_best(run)
+    loss = load_loss(out / "loss.json")
+    spec, fitness, _, _ = best_candidate(ParquetStore(run), "last")
+    assert loss.spec.family == "gce" and dict(loss.spec.params) == pytest.approx(dict(spec.params))
