@@ -1,0 +1,290 @@
+"""Starting Ray for evoloss: an embedded single node on 127.0.0.1 (default) or joining a cluster.
+
+`start_ray()` is a context manager that shuts Ray down on exit. The embedded default follows
+REFERENCE.md §6: usage stats off, one ``RAY_AUTH_MODE`` for every process (``disabled`` unless the
+environment sets one), no dashboard, and ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` so that Ray takes
+127.0.0.1 as its node address and binds its servers there (by default it picks the machine's
+external interface, and even rewrites a given ``127.0.0.1``). Ray reads that switch when it is
+imported, so if ray was imported before `start_ray` the switch is also applied to Ray's loaded
+constant for the duration of the call; after start-up the node address and every listening socket
+of the Ray processes are checked, and a non-loopback one stops Ray with an error.
+
+Ray's temp dir goes inside the run directory when the path is short enough: Ray puts unix sockets
+at ``<temp>/session_<date>_<pid>/sockets/plasma_store`` and a unix socket path has at most 107 bytes,
+which leaves `MAX_TEMP_DIR_LEN` characters for the temp dir. A longer (or no) path falls back to a
+fresh ``/tmp/evoloss-ray-XXXX`` directory that is removed on exit.
+
+Joining (``address="host:port"``) connects to an existing cluster; its nodes chose their own
+addresses and temp dirs. Note (Ray 2.60, checked here): nodes started with a loopback
+``--node-ip-address`` other than 127.0.0.1 (e.g. 127.0.0.2) connect over loopback but their gRPC
+servers listen on the wildcard address; only the embedded 127.0.0.1 node listens on loopback alone.
+"""
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import ray
+import psutil  # ships with ray (ray/thirdparty_files, on sys.path once ray is imported)
+
+SOCKET_PATH_MAX = 107
+_SOCKET_SUFFIX = "/session_2026-01-01_00-00-00_000000_4194304/sockets/plasma_store.10"  # widest pid, a retry index
+MAX_TEMP_DIR_LEN = SOCKET_PATH_MAX - len(_SOCKET_SUFFIX)
+DEFAULT_AUTH_MODE = "disabled"
+_CLUSTER_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@dataclass(frozen=True)
+class RayRuntime:
+    """The Ray this process is connected to: GCS address, whether we started it, where it keeps its files."""
+
+    address: str
+    embedded: bool
+    temp_dir: Path | None
+    temp_dir_is_fallback: bool
+    node_ips: tuple[str, ...]
+    resources: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ListeningSocket:
+    """A TCP socket in LISTEN state and the process holding it."""
+
+    pid: int
+    process: str
+    ip: str
+    port: int
+
+
+def ray_environment(embedded: bool, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment variables evoloss sets for Ray (processes inherit them).
+
+    Usage stats off; ``RAY_AUTH_MODE`` kept when set, else ``disabled`` (one mode for every process of
+    a cluster, or a second node fails with InvalidAuthToken); for the embedded node the loopback switch.
+    """
+    environ = os.environ if environ is None else environ
+    env = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": environ.get("RAY_AUTH_MODE") or DEFAULT_AUTH_MODE}
+    if embedded:
+        env[_CLUSTER_SWITCH] = "0"
+    return env
+
+
+def ray_temp_dir(preferred: str | Path | None) -> tuple[Path, bool]:
+    """``(directory, is_fallback)``: ``preferred`` (created) if its absolute path has at most
+    `MAX_TEMP_DIR_LEN` characters, else a new ``/tmp/evoloss-ray-XXXX`` that the caller removes."""
+    if preferred is not None:
+        path = Path(preferred).expanduser().absolute()
+        if len(str(path).encode()) <= MAX_TEMP_DIR_LEN:
+            path.mkdir(parents=True, exist_ok=True)
+            return path, False
+    base = "/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir()
+    return Path(tempfile.mkdtemp(prefix="evoloss-ray-", dir=base)), True
+
+
+def check_address(address: str) -> str:
+    """Validate a ``host:port`` cluster address (what ``ray start --head`` printed)."""
+    host, sep, port = str(address).rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"address={address!r} must be 'host:port' of a Ray head (e.g. 127.0.0.2:6379)")
+    return f"{host}:{int(port)}"
+
+
+def _check_count(name: str, value: float | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+        raise ValueError(f"{name} must be a number >= 0 or None (= detect); got {value!r}")
+
+
+@contextlib.contextmanager
+def start_ray(
+    address: str | None = None,
+    *,
+    num_cpus: int | None = None,
+    num_gpus: float | None = None,
+    temp_dir: str | Path | None = None,
+    python_paths: Sequence[str | Path] = (),
+    log_to_driver: bool = False,
+) -> Iterator[RayRuntime]:
+    """Start an embedded Ray on 127.0.0.1 (``address=None``) or join the cluster at ``address``.
+
+    Args:
+        num_cpus, num_gpus: resources of the embedded node (None: the machine's); ignored when joining.
+        temp_dir: Ray's temp dir for the embedded node, e.g. ``runs/<id>/ray`` (see module docstring).
+        python_paths: directories prepended to the workers' PYTHONPATH (e.g. where test trainers live).
+        log_to_driver: stream worker stdout/stderr to this process (off: they stay in Ray's log files).
+    Raises:
+        ValueError: bad address or resource counts. RuntimeError: Ray already running in this process,
+        or the embedded node is not on loopback.
+    """
+    _check_count("num_cpus", num_cpus)
+    _check_count("num_gpus", num_gpus)
+    address = None if address is None else check_address(address)
+    if ray.is_initialized():
+        raise RuntimeError("Ray is already initialised in this process; call ray.shutdown() first")
+    embedded = address is None
+    kwargs: dict = {"log_to_driver": log_to_driver}
+    if python_paths:
+        paths = [str(Path(p).absolute()) for p in python_paths] + [os.environ.get("PYTHONPATH", "")]
+        kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}}
+    tmp, fallback = ray_temp_dir(temp_dir) if embedded else (None, False)
+    try:
+        with _ray_switches(embedded):
+            try:
+                if embedded:
+                    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, _temp_dir=str(tmp), **kwargs)
+                else:
+                    ray.init(address=address, **kwargs)
+                runtime = _describe(embedded, tmp, fallback)
+                if embedded:
+                    _check_loopback(runtime)
+                yield runtime
+            finally:
+                ray.shutdown()
+    finally:
+        if fallback and tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _ray_switches(embedded: bool) -> Iterator[None]:
+    """Set `ray_environment` (and Ray's already-loaded loopback constant) for the block; restore after."""
+    from ray._private import ray_constants  # the constant Ray computed from the switch at import
+
+    env = ray_environment(embedded)
+    saved_env = {k: os.environ.get(k) for k in env}
+    saved_switch = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ.update(env)
+    if embedded:
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_switch
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _describe(embedded: bool, tmp: Path | None, fallback: bool) -> RayRuntime:
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    return RayRuntime(
+        address=str(ray.get_runtime_context().gcs_address),
+        embedded=embedded,
+        temp_dir=tmp,
+        temp_dir_is_fallback=fallback,
+        node_ips=tuple(sorted(str(n["NodeManagerAddress"]) for n in nodes)),
+        resources={k: float(v) for k, v in ray.cluster_resources().items()},
+    )
+
+
+def _check_loopback(runtime: RayRuntime) -> None:
+    outside = [ip for ip in runtime.node_ips if not is_loopback(ip)]
+    outside += [f"{s.process}(pid {s.pid}) on {s.ip}:{s.port}" for s in listening_sockets(embedded_ray_pids())
+                if not is_loopback(s.ip)]
+    if outside:
+        raise RuntimeError(
+            f"the embedded Ray is reachable outside loopback: {outside}. Set {_CLUSTER_SWITCH}=0 in the "
+            "environment before Python starts, or join a cluster with --address"
+        )
+
+
+def is_loopback(ip: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback (``::ffff:127.0.0.1``); False for wildcards."""
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return bool((mapped or addr).is_loopback)
+
+
+def embedded_ray_pids() -> list[int]:
+    """This process and its descendants: the driver and every process of an embedded Ray."""
+    me = psutil.Process()
+    return [me.pid] + [p.pid for p in me.children(recursive=True)]
+
+
+def listening_sockets(pids: Iterable[int]) -> list[ListeningSocket]:
+    """The TCP sockets in LISTEN state held by ``pids`` (processes that exited meanwhile are skipped)."""
+    found: list[ListeningSocket] = []
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            name = proc.name()
+            conns = proc.net_connections(kind="inet")
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        found += [ListeningSocket(pid, name, c.laddr.ip, c.laddr.port) for c in conns if c.status == psutil.CONN_LISTEN]
+    return found
+
+
+def processes_under(temp_dir: str | Path) -> list[psutil.Process]:
+    """Live processes whose command line names ``temp_dir`` (a node started with ``ray start
+    --temp-dir``), plus their descendants (agents, workers); never this process."""
+    key, me = str(temp_dir), os.getpid()
+    roots = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if proc.pid != me and key in " ".join(proc.info.get("cmdline") or ()):
+            roots.append(proc)
+    found = {p.pid: p for p in roots}
+    for proc in roots:
+        with contextlib.suppress(psutil.Error):
+            found.update({c.pid: c for c in proc.children(recursive=True) if c.pid != me})
+    return [p for p in found.values() if _alive(p)]
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def stop_processes_under(temp_dir: str | Path, timeout_s: float = 15.0) -> list[psutil.Process]:
+    """End the Ray node(s) started with ``--temp-dir`` inside ``temp_dir``, by pid (SIGTERM, then
+    SIGKILL after ``timeout_s``). A scoped ``ray stop``: other Ray instances on the machine are left
+    alone. Returns the processes it signalled."""
+    procs = processes_under(temp_dir)
+    for signal_all in (psutil.Process.terminate, psutil.Process.kill):
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                signal_all(proc)
+        if wait_until_gone(procs, timeout_s):
+            break
+    return procs
+
+
+def wait_until_gone(procs: Sequence[psutil.Process], timeout_s: float) -> bool:
+    """Poll until every process has exited (a zombie counts as exited); False on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while any(_alive(p) for p in procs):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+__all__ = [
+    "DEFAULT_AUTH_MODE",
+    "ListeningSocket",
+    "MAX_TEMP_DIR_LEN",
+    "RayRuntime",
+    "check_address",
+    "embedded_ray_pids",
+    "is_loopback",
+    "listening_sockets",
+    "processes_under",
+    "ray_environment",
+    "ray_temp_dir",
+    "start_ray",
+    "stop_processes_under",
+    "wait_until_gone",
+]
