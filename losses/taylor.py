@@ -6,14 +6,21 @@ For a class with softmax probability ``p`` and one-hot label entry ``y``, with `
     ℓ(p, y) = θ2 a + ½θ3 a² + ⅙θ4 a³ + 1/24 θ5 a⁴ + θ6 ab + ½θ7 ab² + ½θ8 a²b + ⅙θ9 a³b
               + ⅙θ10 ab³ + ¼θ11 a²b²,
 
-and the loss of a sample is the mean of ℓ over its C classes (Eq. 4), divided by a scale.
+and the loss of a sample is the mean of ℓ over its C classes (Eq. 4), multiplied by C and divided by
+a scale (our normalisation, below).
 
 Scale normalisation (our rule; the paper's Appendix A.3 is not available): the overall scale of
 θ2…θ11 is confounded with the learning rate, so it is divided out. The scale is
 ``taylor_grid_max_abs``: ``max(max |ℓ(p, y)|, 1e-8)`` over p ∈ {0, 0.01, …, 1} (101 points) and
 y ∈ {0, 1}, computed from the parameters (per sample when they are per-sample tensors) and
-differentiable in them. The loss therefore lies in [−1, 1] on the grid and a candidate's value does
-not depend on multiplying θ2…θ11 by a positive constant. The floor keeps the all-zero polynomial at 0.
+differentiable in them. Each class's term therefore lies in [−1, 1] on the grid and a candidate's
+value does not depend on multiplying θ2…θ11 by a positive constant. The floor keeps the all-zero
+polynomial at 0. The class mean of Eq. 4 is then multiplied by C (the normalised loss is
+``Σ_c ℓ(p_c, y_c) / scale``): the gradient of a logit, ``p_k (ℓ'(p_k) − Σ_c p_c ℓ'(p_c))``, then has
+a scale that does not shrink with C. With the mean alone it is C times smaller than that of a
+bounded loss such as MAE, and networks trained with the protocol's SGD lr 0.01 barely move (on
+digits with 80% symmetric noise the default loss stayed at chance after 20 epochs with the mean and
+reached 60% clean accuracy with the sum; CE reached 52%).
 
 Ranges (chosen): θ0, θ1 ∈ [−1, 2] (an expansion point around the unit square where p and y live);
 θ2…θ11 ∈ [−10, 10] — bounded, so CMA-ES's sigmoid codec keeps every decode (even of ±1e6) finite,
@@ -39,7 +46,7 @@ TAYLOR_PARAMS = [
     for i in range(2, 12)
 ]
 #: Name of the scale-normalisation rule, written into exported plug-ins' loss.json.
-NORMALISATION = "taylor_grid_max_abs"
+NORMALISATION = "taylor_classsum_grid_max_abs"
 
 
 def taylor_polynomial(p: torch.Tensor, y: torch.Tensor, theta: list[torch.Tensor]) -> torch.Tensor:
@@ -116,7 +123,7 @@ def taylor_loss(
     probs = torch.exp(torch.log_softmax(logits, dim=1))
     onehot = torch.zeros_like(probs).scatter(1, targets.unsqueeze(1), 1.0)
     per_class = taylor_polynomial(probs, onehot, columns)  # [B, C]
-    return per_class.mean(dim=1) / taylor_grid_max_abs(theta)
+    return per_class.sum(dim=1) / taylor_grid_max_abs(theta)
 
 
 taylor_loss.normalisation = NORMALISATION  # type: ignore[attr-defined]  # read by losses.plugin
