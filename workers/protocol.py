@@ -18,6 +18,8 @@ _ARCH_PROTOCOL: dict[str, tuple[str, float, float]] = {
     "jocor_cnn": ("adam", 1e-3, 0.0),
 }
 _DEFAULT_PROTOCOL = ("sgd", 0.01, 0.9)
+# an optimiser chosen in the budget without an lr gets the paper's setting for it (gao-arl §4)
+_OPTIMIZER_DEFAULTS: dict[str, tuple[str, float, float]] = {"sgd": ("sgd", 0.01, 0.9), "adam": ("adam", 1e-3, 0.0)}
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,9 @@ class OptimSpec:
 def resolve_optimizer(arch: str, budget: Budget) -> OptimSpec:
     """The optimiser for ``arch`` with the budget's overrides applied (None = protocol default)."""
     name, lr, momentum = _ARCH_PROTOCOL.get(arch, _DEFAULT_PROTOCOL)
-    name = budget.optimizer or name
+    if budget.optimizer and budget.optimizer != name:
+        # another optimiser than the architecture's: its own protocol defaults, not the other's lr
+        name, lr, momentum = _OPTIMIZER_DEFAULTS.get(budget.optimizer, (budget.optimizer, lr, momentum))
     if name not in ("sgd", "adam"):
         raise ValueError(f"budget.optimizer={name!r} is not one of 'sgd', 'adam'")
     if budget.lr is not None:
