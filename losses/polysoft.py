@@ -11,7 +11,9 @@ evaluating the inactive branch with a negative base (NaN in ∂/∂d, REFERENCE 
 ``exp(k·log base)`` only where the base is positive, so ∂/∂d stays finite (0) on the flat branch.
 
 Ranges (chosen): ``lam ∈ (0, ∞)`` (shu Thm. 1 asks λ ≥ log C for robustness; λ = log C is
-noise-tolerant), default 2.3 ≈ log 10; ``d ∈ (1, ∞)`` — d > 1 is kept by the codec (``1 + softplus``,
+noise-tolerant), default 5 ≈ 2·log 10: a fresh network's CE is ≈ log C, so λ = log C would start
+training on the flat branch, where no gradient flows (measured: 16% clean accuracy on 10-class digits,
+and a zero meta-gradient for A-PolySoft); ``d ∈ (1, ∞)`` — d > 1 is kept by the codec (``1 + softplus``,
 decoded values ≥ 1 + 1e-4), default 2. Large λ or d make PolySoft approach CE.
 """
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch.nn.functional as F
 from losses.registry import Param, register_family
 
 POLYSOFT_PARAMS = [
-    Param("lam", default=2.3, low=0.0, low_open=True, doc="CE threshold λ above which the loss is flat"),
+    Param("lam", default=5.0, low=0.0, low_open=True, doc="CE threshold λ above which the loss is flat"),
     Param("d", default=2.0, low=1.0, low_open=True, doc="polynomial order d > 1"),
 ]
 
@@ -31,7 +33,7 @@ POLYSOFT_PARAMS = [
 def polysoft_loss(
     logits: torch.Tensor,
     targets: torch.Tensor,
-    lam: float | torch.Tensor = 2.3,
+    lam: float | torch.Tensor = 5.0,
     d: float | torch.Tensor = 2.0,
 ) -> torch.Tensor:
     """PolySoft loss per sample (shu-adaptive-robust-loss Eq. 5), with the base clamped at 0.
