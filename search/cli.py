@@ -13,8 +13,28 @@ import sys
 from typing import Sequence
 
 COMMANDS = (
+    "search.commands.quickstart",
+    "search.commands.search",
+    "search.commands.status",
+    "search.commands.export",
     "search.commands.plot_loss",
+    "search.commands.compare",
+    "search.commands.report",
 )
+
+
+def progress_writer():
+    """A progress sink for long commands: live ``\r`` lines on a terminal, finished lines only in logs."""
+    tty = sys.stderr.isatty()
+
+    def write(line: str) -> None:
+        if tty:
+            sys.stderr.write(line)
+        elif line.endswith("\n"):
+            sys.stderr.write(line.lstrip("\r"))
+        sys.stderr.flush()
+
+    return write
 
 
 class _Parser(argparse.ArgumentParser):

@@ -27,9 +27,10 @@ from losses.versions import evoloss_version
 from results.schema import SCHEMA_VERSION
 from results.store import ResultStore
 from search.config import SearchConfig, config_dict, initial_genome
-from search.grid import TaskGrid, fitness_from_rows, grid_from_config, metric_column
+from search.grid import fitness_from_rows, grid_from_config, metric_column
 from search.strategy import CMAStrategy
 from workers.ray_actors import Job
+from workers.noise import convention_name
 from workers.task import Task
 
 ProgressFn = Callable[[str], None]
@@ -104,7 +105,7 @@ def record_to_row(rec: Mapping[str, Any], task: Task, *, run_id: str, generation
         "method": method, "method_kind": method_kind,
         "family": rec["family"], "params": rec.get("params") or {},
         "dataset": task.dataset, "arch": task.arch, "noise_type": n.kind, "noise_rate": float(n.rate),
-        "noise_convention": rec.get("noise_convention") or n.convention,
+        "noise_convention": rec.get("noise_convention") or convention_name(n),
         "noise_rate_realised": float(rec.get("noise_rate_realised", math.nan)),
         "seed": int(task.seed), "task_key": task.key(),
         "status": rec["status"], "error": rec.get("error") or "",

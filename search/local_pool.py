@@ -7,7 +7,7 @@ no timeouts and no actor replacement: a job that hangs, hangs.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from search.dispatch import JobResult
 from workers.ray_actors import Job, JobRunner

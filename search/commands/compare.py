@@ -8,12 +8,12 @@ and exit status 2, with nothing written); the run then writes ``config.toml`` (r
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from results.store import ParquetStore
 from search.compare import CompareSummary, run_compare
 from search.compare_config import CompareConfig, list_compare_presets, load_compare_config, resolved_compare_toml
+from search.cli import progress_writer
 from search.config import parse_override
 from search.run_dir import CONFIG_NAME, atomic_write_text, check_new_run_dir, run_id_of
 
@@ -49,22 +49,11 @@ def execute(config: CompareConfig, run_dir: Path, *, address: str | None = None)
     atomic_write_text(run_dir / CONFIG_NAME, resolved_compare_toml(config))
     with evaluation_pool(config.cluster, run_dir, address=address) as pool:
         summary = run_compare(config, pool, ParquetStore(run_dir), run_id=run_id_of(run_dir),
-                              progress=_progress_writer())
+                              progress=progress_writer())
     atomic_write_text(run_dir / SUMMARY_NAME, summary.table + "\n")
     return summary
 
 
-def _progress_writer():
-    tty = sys.stderr.isatty()
-
-    def write(line: str) -> None:
-        if tty:
-            sys.stderr.write(line)
-        elif line.endswith("\n"):  # logs: finished lines only, no carriage-return noise
-            sys.stderr.write(line.lstrip("\r"))
-        sys.stderr.flush()
-
-    return write
 
 
 def print_summary(summary: CompareSummary, run_dir: Path) -> None:

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from results.store import ParquetStore
+from search.cli import progress_writer
 from search.config import SearchConfig, load_config, parse_override
 from search.coordinator import SearchSummary, run_search
 from search.run_dir import create_run_dir, load_run_config, run_id_of
@@ -22,6 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="continue the run in RUN_DIR (or --out) from its last complete generation")
     p.add_argument("--address", help="HOST:PORT of an existing Ray cluster to join")
     p.add_argument("--engine", choices=("native", "tune"), help="dispatch engine (default: the config's)")
+    p.add_argument("--data-dir", help="where dataset files live (default: $EVOLOSS_DATA_DIR or ~/.cache/evoloss)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set search.generations=3 (repeatable)")
 
@@ -31,6 +32,8 @@ def resolve(args: argparse.Namespace) -> tuple[SearchConfig, Path, bool]:
     overrides = dict(parse_override(s) for s in args.set)
     if args.engine:
         overrides["cluster.engine"] = args.engine
+    if args.data_dir:
+        overrides["grid.data_dir"] = args.data_dir
     if args.resume is not None:
         run_dir = Path(args.resume if isinstance(args.resume, str) else (args.out or ""))
         if not str(run_dir):
@@ -59,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 def execute(config: SearchConfig, run_dir: Path, *, address: str | None = None) -> SearchSummary:
     """Run the search of ``config`` in ``run_dir`` on the configured engine."""
     store = ParquetStore(run_dir)
-    progress = _progress_writer()
+    progress = progress_writer()
     if config.cluster.engine == "tune":
         from search.tune_engine import run_search_tune
 
@@ -71,17 +74,6 @@ def execute(config: SearchConfig, run_dir: Path, *, address: str | None = None) 
         return run_search(config, pool, store, run_id=run_id_of(run_dir), progress=progress)
 
 
-def _progress_writer():
-    tty = sys.stderr.isatty()
-
-    def write(line: str) -> None:
-        if tty:
-            sys.stderr.write(line)
-        elif line.endswith("\n"):  # logs: one line per generation, no carriage-return noise
-            sys.stderr.write(line.lstrip("\r"))
-        sys.stderr.flush()
-
-    return write
 
 
 def print_summary(s: SearchSummary, run_dir: Path) -> None:
