@@ -23,17 +23,21 @@ from losses import (  # noqa: F401  (registration)
     taylor,
 )
 from losses.plugin import export_plugin, load_loss, read_plugin
+from losses.adjusted import AdjustedLoss, export_adjuster_plugin, read_adjusted_plugin  # the adjuster plug-in
 
 __all__ = [
+    "AdjustedLoss",
     "Family",
     "Loss",
     "LossSpec",
     "Param",
     "create_loss",
+    "export_adjuster_plugin",
     "export_plugin",
     "get_family",
     "list_losses",
     "load_loss",
+    "read_adjusted_plugin",
     "read_plugin",
     "register_family",
 ]

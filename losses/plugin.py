@@ -15,6 +15,13 @@
 `load_loss` / `read_plugin` parse ``loss.json`` as data (the ``.py`` is never executed) and reject
 anything malformed with a ValueError naming the field. Unlike TaylorGLO (``eval`` of loss strings) or
 EvoMAL (pickled modules), nothing user-supplied is ever run by evoloss.
+
+Typed sections: a plug-in may carry one extra top-level section that makes it another kind of loss
+module (``adjuster``: per-sample hyperparameters from a meta-learned network, `losses.adjusted`).
+Its module registers the section with `register_plugin_section`; `load_loss` hands such a document
+to the section's loader, and `read_plugin` / `read_loss_file` refuse it (it is not a `LossSpec`).
+The header fields and their checks (`parse_plugin_header`), the copying of portable code
+(`portable_sources`) and the atomic directory write (`write_plugin_dir`) are shared.
 """
 from __future__ import annotations
 
@@ -30,10 +37,11 @@ import sys
 import tempfile
 import textwrap
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Collection, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from losses.module import Loss, check_inputs
 from losses.registry import Family, LossSpec, _unknown, get_family
@@ -53,16 +61,34 @@ __all__ = [
     "load_loss",
     "normalisation_name",
     "parse_plugin",
+    "parse_plugin_header",
     "plugin_class_name",
+    "portable_sources",
     "read_loss_file",
     "read_plugin",
+    "register_plugin_section",
     "standalone_source",
     "validate_plugin_name",
+    "write_plugin_dir",
 ]
+
+SectionLoader = Callable[[dict, str, str], nn.Module]
+_SECTION_LOADERS: dict[str, SectionLoader] = {}
+
+
+def register_plugin_section(field: str, loader: SectionLoader) -> None:
+    """Register a typed top-level section: ``loader(document, where, reduction) -> nn.Module``.
+
+    Raises:
+        ValueError: ``field`` is a plain plug-in field or already registered.
+    """
+    if field in _PLUGIN_FIELDS or field in _SECTION_LOADERS:
+        raise ValueError(f"plug-in section {field!r} is already a plug-in field or section; choose another name")
+    _SECTION_LOADERS[field] = loader
 
 
 # --- the standalone module ---------------------------------------------------------------------
-_PORTABLE_GLOBALS = {"torch": torch, "math": math, "F": F}
+_PORTABLE_GLOBALS = {"torch": torch, "math": math, "F": F, "nn": nn}
 _MODULE_TEMPLATE = '''\
 """Loss plug-in `@NAME@` exported by evoloss: family @FAMILY@, normalisation @NORM@.
 
@@ -157,16 +183,8 @@ def plugin_class_name(name: str) -> str:
 
 def standalone_source(family: Family, params: Mapping[str, float], name: str) -> str:
     """The text of the standalone ``<name>.py`` for ``family`` with float ``params`` (checked to compile)."""
-    functions = _unique_functions((check_inputs, family.fn, *family.helpers))
-    portable = {fn.__name__: fn for fn in functions}
     class_name = plugin_class_name(name)
-    for fn in functions:
-        if fn.__name__ in _TEMPLATE_NAMES or fn.__name__ == class_name:
-            raise ValueError(
-                f"loss family {family.name!r}: function name {fn.__name__!r} clashes with a name of the plug-in "
-                "module; rename the function"
-            )
-    chunks = [_portable_function_source(fn, portable, family.name) for fn in functions]
+    chunks = portable_sources((check_inputs, family.fn, *family.helpers), family.name, {*_TEMPLATE_NAMES, class_name})
     params_literal = "{" + ", ".join(f"{key!r}: {float(value)!r}" for key, value in params.items()) + "}"
     replacements = {
         "@NAME@": name, "@CLASS@": class_name, "@FAMILY@": repr(family.name),
@@ -180,12 +198,30 @@ def standalone_source(family: Family, params: Mapping[str, float], name: str) ->
     return text
 
 
+def portable_sources(code: Iterable[Callable], family: str, reserved: Collection[str] = ()) -> list[str]:
+    """The source of each function or class in ``code`` (in order, each once) for a standalone module.
+
+    Every free name the code reads must be ``torch``, ``math``, ``F``, ``nn``, a builtin or another
+    entry of ``code``; a name in ``reserved`` (the names the module template defines) raises.
+    ``family`` names the owner in error messages.
+    """
+    items = _unique_functions(tuple(code))
+    portable = {fn.__name__: fn for fn in items}
+    for fn in items:
+        if fn.__name__ in reserved:
+            raise ValueError(
+                f"loss family {family!r}: function name {fn.__name__!r} clashes with a name of the plug-in "
+                "module; rename the function"
+            )
+    return [_portable_function_source(fn, portable, family) for fn in items]
+
+
 def _unique_functions(functions: tuple[Callable, ...]) -> list[Callable]:
-    """The functions to copy, in order, each once; two different functions of one name raise."""
+    """The functions (and classes) to copy, in order, each once; two different ones of one name raise."""
     seen: dict[str, Callable] = {}
     for fn in functions:
-        if not inspect.isfunction(fn):
-            raise ValueError(f"plug-in code must be plain functions; got {type(fn).__name__} {fn!r}")
+        if not (inspect.isfunction(fn) or inspect.isclass(fn)):
+            raise ValueError(f"plug-in code must be plain functions or classes; got {type(fn).__name__} {fn!r}")
         if fn.__name__ in seen and seen[fn.__name__] is not fn:
             raise ValueError(f"two plug-in functions are named {fn.__name__!r}; helper names must be unique")
         seen[fn.__name__] = fn
@@ -193,7 +229,7 @@ def _unique_functions(functions: tuple[Callable, ...]) -> list[Callable]:
 
 
 def _portable_function_source(fn: Callable, portable: Mapping[str, Callable], family: str) -> str:
-    """The source of ``fn`` without decorators, after checking every free name it uses is portable."""
+    """The source of ``fn`` (a function or class) without decorators, after checking its free names are portable."""
     where = f"loss family {family!r}: function {fn.__module__}.{fn.__name__}"
     try:
         text = textwrap.dedent(inspect.getsource(fn))
@@ -201,20 +237,22 @@ def _portable_function_source(fn: Callable, portable: Mapping[str, Callable], fa
         raise ValueError(f"{where}: its source is not available ({exc}); define it in a .py file") from None
     tree = ast.parse(text)
     node = tree.body[0] if tree.body else None
-    if not isinstance(node, ast.FunctionDef) or node.name != fn.__name__ or fn.__closure__:
+    kind = ast.ClassDef if inspect.isclass(fn) else ast.FunctionDef
+    if not isinstance(node, kind) or node.name != fn.__name__ or getattr(fn, "__closure__", None):
         raise ValueError(f"{where}: plug-in code must be module-level 'def' functions without closures")
+    module_globals = fn.__globals__ if inspect.isfunction(fn) else vars(sys.modules[fn.__module__])
     for free in sorted(_free_names(node)):
         expected = portable.get(free, _PORTABLE_GLOBALS.get(free))
-        if expected is None or fn.__globals__.get(free) is not expected:
+        if expected is None or module_globals.get(free) is not expected:
             raise ValueError(
                 f"{where} uses the global name {free!r}, which a standalone plug-in cannot carry; use only "
-                "torch, math, F and functions listed in helpers= (write constants as literals)"
+                "torch, math, F, nn and functions listed in helpers= (write constants as literals)"
             )
     body = "\n".join(text.splitlines()[node.lineno - 1:])
     return f"# evoloss {fn.__module__}.{fn.__name__}\n{body}\n"
 
 
-def _free_names(function: ast.FunctionDef) -> set[str]:
+def _free_names(function: ast.FunctionDef | ast.ClassDef) -> set[str]:
     """Names ``function`` reads but does not bind.
 
     Excluded: builtins, annotations (never evaluated under ``from __future__ import annotations``)
@@ -274,13 +312,23 @@ def export_plugin(
         "provenance": _provenance_json(provenance),
     }
     module_text = standalone_source(family, params, name)
+    files = {PLUGIN_FILE: json.dumps(document, indent=2, allow_nan=False) + "\n", f"{name}.py": module_text}
+    return write_plugin_dir(out_dir, files, overwrite=overwrite)
+
+
+def write_plugin_dir(out_dir: str | os.PathLike, files: Mapping[str, str], *, overwrite: bool = False) -> Path:
+    """Write ``files`` (name -> UTF-8 text, in order) as the directory ``out_dir``, all or nothing.
+
+    The directory is built beside ``out_dir`` and renamed into place; ``out_dir`` must be absent or
+    empty unless ``overwrite``. Raises ValueError for a target that may not be written.
+    """
     out_dir = Path(out_dir)
     _check_target(out_dir, overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        _write_text(staging / PLUGIN_FILE, json.dumps(document, indent=2, allow_nan=False) + "\n")
-        _write_text(staging / f"{name}.py", module_text)
+        for file_name, text in files.items():
+            _write_text(staging / file_name, text)
         _install_dir(staging, out_dir, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -373,13 +421,19 @@ def _install_dir(staging: Path, out_dir: Path, overwrite: bool) -> None:
 
 
 # --- load -------------------------------------------------------------------------------------
-def load_loss(path: str | os.PathLike, reduction: str = "mean") -> Loss:
+def load_loss(path: str | os.PathLike, reduction: str = "mean") -> nn.Module:
     """The loss module of the plug-in at ``path`` (its ``loss.json``, or the plug-in directory).
 
-    Reads JSON data only; the exported ``.py`` is never executed. Raises ValueError naming the field
-    for any malformed file (see `read_plugin`).
+    A plain plug-in gives a `Loss`; one with a typed section gives that section's module (an
+    ``adjuster`` section: `losses.adjusted.AdjustedLoss`). Reads JSON data only; the exported ``.py``
+    is never executed. Raises ValueError naming the field for any malformed file (see `read_plugin`).
     """
-    spec, _ = read_plugin(path)
+    file = _plugin_file(Path(path))
+    data = _read_json_object(file)
+    section = _section_of(data, str(file))
+    if section is not None:
+        return _SECTION_LOADERS[section](data, str(file), reduction)
+    spec, _ = parse_plugin(data, where=str(file))
     return Loss(spec, reduction=reduction)
 
 
@@ -414,10 +468,30 @@ def read_loss_file(path: str | os.PathLike) -> tuple[str, LossSpec]:
 
 
 def parse_plugin(data: Mapping, where: str = "loss.json") -> tuple[LossSpec, dict]:
-    """Validate a decoded plug-in document; ``where`` prefixes every error message."""
+    """Validate a decoded plain plug-in document; ``where`` prefixes every error message.
+
+    A document with a typed section (e.g. ``adjuster``) is refused: it is not a `LossSpec`.
+    """
+    section = _section_of(data, where)
+    if section is not None:
+        raise ValueError(
+            f"{where}: field {section!r}: this plug-in holds a typed {section!r} section (per-sample "
+            "hyperparameters), not one LossSpec; load it with losses.load_loss(path) (or, for an adjuster, "
+            "meta-test it with the narl-<family> trainer: adjuster=path)"
+        )
+    family, meta = parse_plugin_header(data, where)
+    params = _parse_params(family, data["params"], where, fill_defaults=False)
+    return LossSpec(family.name, params), meta
+
+
+def parse_plugin_header(data: Mapping, where: str = "loss.json") -> tuple[Family, dict]:
+    """Check every field but ``params`` (and any typed section): ``(family, metadata)``.
+
+    ``metadata`` holds ``name``, ``normalisation``, ``format_version`` and ``provenance``.
+    """
     if not isinstance(data, Mapping):
         raise ValueError(f"{where}: a plug-in must be a JSON object; got {type(data).__name__}")
-    _reject_unknown_fields(data, _PLUGIN_FIELDS, where)
+    _reject_unknown_fields(data, _PLUGIN_FIELDS + tuple(_SECTION_LOADERS), where)
     for key in _REQUIRED_FIELDS:
         if key not in data:
             needed = ", ".join(_REQUIRED_FIELDS)
@@ -438,7 +512,6 @@ def parse_plugin(data: Mapping, where: str = "loss.json") -> tuple[LossSpec, dic
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{where}: field 'name': {exc}") from None
     family = _parse_family(data, where)
-    params = _parse_params(family, data["params"], where, fill_defaults=False)
     expected = normalisation_name(family)
     if data["normalisation"] != expected:
         raise ValueError(
@@ -450,7 +523,17 @@ def parse_plugin(data: Mapping, where: str = "loss.json") -> tuple[LossSpec, dic
         raise ValueError(f"{where}: field 'provenance' must be a JSON object; got {type(provenance).__name__}")
     _check_finite_json(provenance, "provenance", where)
     meta = {"name": name, "normalisation": expected, "format_version": version, "provenance": dict(provenance)}
-    return LossSpec(family.name, params), meta
+    return family, meta
+
+
+def _section_of(data: object, where: str) -> str | None:
+    """The registered typed section ``data`` carries, if any (a mapping holding two of them raises)."""
+    if not isinstance(data, Mapping):
+        return None
+    present = [field for field in _SECTION_LOADERS if field in data]
+    if len(present) > 1:
+        raise ValueError(f"{where}: fields {present}: a plug-in carries at most one typed section; keep one")
+    return present[0] if present else None
 
 
 def _plugin_file(path: Path) -> Path:

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from losses import LossSpec, get_family
+from losses.adjusted import adjusted_plugin_at
 from workers.meta.lookahead import LookaheadConfig, MetaGradient, apply_meta_gradient, meta_gradient
 from workers.meta.meta_trainer import MetaTrainer, require_float_params
 from workers.meta.method import Batch, MetaMethod, derived_seed
@@ -164,10 +165,12 @@ def load_adjusters(adjuster: object, family: str) -> list[Adjuster]:
 class NarlTrainer(MetaTrainer):
     """``narl-<loss>``. Without ``adjuster``: meta-train on the task (it needs a clean meta set);
     the record's ``extra["adjuster_snapshots"]`` holds θ(T/3), θ(2T/3), θ(T). With ``adjuster``
-    (one exported dict, a list of snapshots, or a JSON file of either): meta-test, no meta set.
+    (one exported dict, a list of snapshots, a JSON file of either, or an adjusted-loss plug-in's
+    loss.json or directory from `losses.export_adjuster_plugin`): meta-test, no meta set.
     Specs are optional and of the trainer's family: their learned values set Λ(m = 0) of a fresh
-    adjuster, the others (SL's A) are fixed. Options: ``scales`` {param: s}, ``meta_lr`` (Adam,
-    1e-3), ``meta_weight_decay`` (1e-4); T_meta (``meta_every``) defaults to 10."""
+    adjuster, the others (SL's A) are fixed — taken from the plug-in when one is given. Options:
+    ``scales`` {param: s}, ``meta_lr`` (Adam, 1e-3), ``meta_weight_decay`` (1e-4); T_meta
+    (``meta_every``) defaults to 10."""
 
     default_every = 10
 
@@ -179,10 +182,17 @@ class NarlTrainer(MetaTrainer):
             raise ValueError(f"meta_lr={meta_lr!r} must be > 0 and meta_weight_decay={meta_weight_decay!r} >= 0")
         self.name, self.family, self.learned, self.scales = name, family, learned, dict(scales or {})
         self.meta_lr, self.meta_weight_decay = meta_lr, meta_weight_decay
-        self.adjusters = [] if adjuster is None else load_adjusters(adjuster, family)
+        plugin = adjusted_plugin_at(adjuster) if isinstance(adjuster, (str, Path)) else None
+        self.plugin_params = dict(plugin.fixed_params) if plugin is not None else {}
+        source = plugin.adjuster_dicts() if plugin is not None else adjuster
+        self.adjusters = [] if adjuster is None else load_adjusters(source, family)
 
     def default_spec(self) -> LossSpec:
-        return LossSpec(self.family)
+        return LossSpec(self.family, self.plugin_params)
+
+    def resolve_specs(self, specs: Sequence[LossSpec]) -> list[LossSpec]:
+        """The specs, with an adjusted plug-in's fixed parameters filled in (a different value raises)."""
+        return [_with_plugin_params(self.name, spec, self.plugin_params) for spec in super().resolve_specs(specs)]
 
     def make_method(self, spec: LossSpec, *, meta_test: bool | None = None) -> NarlLoss:
         if spec.family != self.family:
@@ -227,6 +237,16 @@ class NarlTrainer(MetaTrainer):
             record.extra.update({"adjuster_snapshots": snapshots, "snapshot_rounds": marks,
                                  "task_grid": [t.key() for t in tasks]})
         return NarlMetaTrainResult(records, snapshots, marks)
+
+
+def _with_plugin_params(trainer: str, spec: LossSpec, fixed: Mapping[str, float]) -> LossSpec:
+    """``spec`` with the plug-in's fixed parameters (e.g. SL's A) filled in; a different explicit value raises."""
+    for key, value in fixed.items():
+        if key in spec.params and float(spec.params[key]) != value:
+            raise ValueError(f"trainer {trainer!r}: spec sets {key}={float(spec.params[key])!r} but the adjusted "
+                             f"plug-in it meta-tests was exported with {key}={value!r}; pass no spec or set "
+                             f"{key}={value!r}")
+    return LossSpec(spec.family, {**fixed, **spec.params}) if fixed else spec
 
 
 def _train_in_lockstep(runs: list[MetaRun], method: NarlLoss) -> tuple[list[dict], list[int]]:

@@ -1,0 +1,433 @@
+"""Adjusted-loss plug-ins: a meta-learned NARL-Adjuster + a base robust loss, exported as data.
+
+ding-narl-adjuster §3.2 and Eq. 13 (meta-test, Alg. 2) set a robust loss's hyperparameters per sample:
+
+    m_i = f_y(x_i) − max_{j≠y} f_j(x_i)              the logit margin, detached (the adjuster's input)
+    Λ_i = offset + s · σ(W2 ReLU(W1 m_i + b1) + b2)   one output per learned hyperparameter
+    ℓ_i = L_base(f(x_i), y_i; Λ_i, fixed)             GCE, SL, PolySoft, JS (any registered family)
+
+A registry family has scalar `Param`s (searched by CMA-ES, written as literals), which cannot carry
+weight matrices, so this is a typed ``adjuster`` section of the plug-in format (`losses.plugin`):
+``loss.json`` holds the usual header (``format`` "evoloss-loss", ``format_version`` 1, ``name``,
+``family`` = the base family, ``normalisation``, ``provenance``), ``params`` = the base parameters the
+adjuster does not set (SL's ``A``), and ``adjuster`` = {``format`` "evoloss-narl-adjuster",
+``format_version`` 1, ``input`` "logit_margin", ``stage_rule`` "equal_fractions", ``param_names``,
+``hidden``, ``offsets`` and ``scales`` {name: float}, ``snapshots``: [{``w1`` [hidden][1], ``b1``
+[hidden], ``w2`` [P][hidden], ``b2`` [P]}, ...]} — PyTorch layout, JSON lists of floats.
+
+Snapshots by training stage (NARL keeps θ(T/3), θ(2T/3), θ(T)): K snapshots split training into K
+equal parts; snapshot k is used while ``progress`` (the fraction of training done, e.g. step / T or
+epoch / epochs) is in [k/K, (k+1)/K), the last one also at 1 (`snapshot_index`). For progress =
+step / T this is NARL's meta-test rule ``min(K − 1, K·step // T)``. A one-snapshot plug-in needs no
+progress; a several-snapshot one raises until it is given one (no silent stage 0).
+
+Choices: Λ is computed without gradient (the margin is detached and the adjuster is fixed at
+meta-test), so ∂ℓ/∂logits is the base loss's gradient at constant Λ, as in NARL's trainer. The top of
+Λ's range, offset + scale, may pass a closed family bound by at most 1e-12 relative (float rounding
+of e.g. 0.05 + 0.9); anything further is rejected.
+
+The standalone ``<name>.py`` copies, by the one plug-in mechanism (`portable_sources`), `check_inputs`,
+the base family's function and helpers and this module's portable code (`adjuster_margin`,
+`adjuster_output`, `snapshot_index`, `AdjustedLoss`), with the weights written in as float literals.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from losses.adjusted_format import (
+    ADJUSTER_FORMAT,
+    ADJUSTER_FORMAT_VERSION,
+    INPUT,
+    STAGE_RULE,
+    WEIGHT_KEYS,
+    parse_adjuster_section,
+    parse_fixed_params,
+)
+from losses.module import check_inputs
+from losses.plugin import (
+    MAX_SPEC_BYTES,
+    PLUGIN_FILE,
+    PLUGIN_FORMAT,
+    PLUGIN_FORMAT_VERSION,
+    _plugin_file,
+    _provenance_json,
+    _read_json_object,
+    normalisation_name,
+    parse_plugin_header,
+    plugin_class_name,
+    portable_sources,
+    register_plugin_section,
+    validate_plugin_name,
+    write_plugin_dir,
+)
+from losses.registry import Family, LossSpec, get_family
+
+SECTION = "adjuster"
+DEFAULT_NAME = "narl_loss"
+
+__all__ = ["AdjustedLoss", "AdjustedPlugin", "adjusted_plugin_at", "adjuster_margin", "adjuster_output",
+           "export_adjuster_plugin",
+           "parse_adjusted_plugin", "read_adjusted_plugin", "snapshot_index"]
+
+
+# --- portable code: copied verbatim into the standalone module -----------------------------------
+def adjuster_margin(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """m_i = f_y − max_{j≠y} f_j per sample, detached (ding-narl-adjuster §3.2, the adjuster's input)."""
+    logits = logits.detach()
+    own = logits.gather(1, targets[:, None])[:, 0]
+    others = logits.scatter(1, targets[:, None], float("-inf"))
+    return own - others.max(dim=1).values
+
+
+def adjuster_output(margin: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
+                    offsets: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """[B, P]: Λ = offset + s·σ(W2 ReLU(W1 m + b1) + b2) (ding-narl-adjuster §3.2, plus the range offset)."""
+    hidden = torch.relu(F.linear(margin[:, None], w1, b1))
+    return offsets + scales * torch.sigmoid(F.linear(hidden, w2, b2))
+
+
+def snapshot_index(progress: float | None, count: int) -> int:
+    """The snapshot of ``count`` used at ``progress`` in [0, 1]: k with progress in [k/K, (k+1)/K), the last at 1.
+
+    For progress = step / T this is NARL's ``min(K − 1, K·step // T)`` (floating-point K·(step/T) lands
+    on the integer at stage boundaries; tests check every step for K ≤ 4, T ≤ 60). ``progress`` may
+    be None only when there is one snapshot.
+    """
+    if progress is None:
+        if count == 1:
+            return 0
+        raise ValueError(
+            f"this adjusted loss holds {count} snapshots by training stage; pass progress= (the fraction of "
+            "training done, in [0, 1], e.g. epoch / epochs) or call set_progress(...) first"
+        )
+    if isinstance(progress, bool) or not isinstance(progress, (int, float)):
+        raise TypeError(f"progress must be a number in [0, 1]; got {type(progress).__name__} {progress!r}")
+    if not 0.0 <= progress <= 1.0:
+        raise ValueError(f"progress={progress!r}: pass the fraction of training done, in [0, 1]")
+    return min(count - 1, math.floor(count * progress))
+
+
+class AdjustedLoss(nn.Module):
+    """A robust loss with per-sample hyperparameters from a fixed NARL-Adjuster (ding Alg. 2, Eq. 13).
+
+    ``loss(logits [B, C], targets [B], progress=None, reduction=None)``; ``progress`` (or
+    `set_progress`) picks the snapshot by training stage (see `snapshot_index`). ``snapshots`` are
+    mappings of ``w1``, ``b1``, ``w2``, ``b2`` (nested lists or tensors); weights are float64 buffers,
+    cast to the logits' dtype and device when used.
+    """
+
+    def __init__(self, base_loss: Callable, family: str, param_names: Sequence[str], offsets: Sequence[float],
+                 scales: Sequence[float], snapshots: Sequence[Mapping], fixed_params: Mapping | None = None,
+                 reduction: str = "mean") -> None:
+        super().__init__()
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"reduction={reduction!r} is not one of ('mean', 'sum', 'none')")
+        if not snapshots:
+            raise ValueError("an adjusted loss needs at least one adjuster snapshot")
+        self.base_loss, self.family, self.reduction = base_loss, family, reduction
+        self.param_names, self.fixed_params = tuple(param_names), dict(fixed_params or {})
+        self.snapshot_count, self.progress = len(snapshots), None
+        self.register_buffer("offsets", torch.tensor([float(v) for v in offsets], dtype=torch.float64))
+        self.register_buffer("scales", torch.tensor([float(v) for v in scales], dtype=torch.float64))
+        for k, weights in enumerate(snapshots):
+            for key in ("w1", "b1", "w2", "b2"):
+                self.register_buffer(f"snapshot{k}_{key}", torch.as_tensor(weights[key], dtype=torch.float64).clone())
+
+    def set_progress(self, progress: float) -> None:
+        """Set the fraction of training done (in [0, 1]) used when a call passes no ``progress``."""
+        snapshot_index(progress, self.snapshot_count)
+        self.progress = progress
+
+    def hyperparameters(self, logits: torch.Tensor, targets: torch.Tensor,
+                        progress: float | None = None) -> dict[str, torch.Tensor]:
+        """{name: [B]} per-sample Λ of the snapshot for ``progress`` (no gradient)."""
+        k = snapshot_index(self.progress if progress is None else progress, self.snapshot_count)
+        weights = [getattr(self, f"snapshot{k}_{key}").to(logits) for key in ("w1", "b1", "w2", "b2")]
+        with torch.no_grad():
+            margin = adjuster_margin(logits, targets.long())
+            values = adjuster_output(margin, *weights, self.offsets.to(logits), self.scales.to(logits))
+        return {name: values[:, i] for i, name in enumerate(self.param_names)}
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor, progress: float | None = None) -> torch.Tensor:
+        """[B] base loss with the per-sample Λ and the fixed parameters."""
+        check_inputs(logits, targets)
+        hyperparameters = self.hyperparameters(logits, targets, progress)
+        return self.base_loss(logits, targets.long(), **self.fixed_params, **hyperparameters)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor, progress: float | None = None,
+                reduction: str | None = None) -> torch.Tensor:
+        values = self.per_sample(logits, targets, progress)
+        how = self.reduction if reduction is None else reduction
+        if how == "mean":
+            return values.mean()
+        if how == "sum":
+            return values.sum()
+        if how == "none":
+            return values
+        raise ValueError(f"reduction={how!r} is not one of ('mean', 'sum', 'none')")
+
+    def extra_repr(self) -> str:
+        return (f"family={self.family!r}, learned={self.param_names!r}, fixed={self.fixed_params!r}, "
+                f"snapshots={self.snapshot_count}, reduction={self.reduction!r}")
+
+
+_PORTABLE_CODE = (adjuster_margin, adjuster_output, snapshot_index, AdjustedLoss)
+
+
+# --- the parsed plug-in ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AdjustedPlugin:
+    """A validated adjusted-loss plug-in: base family, fixed parameters and the adjuster snapshots."""
+
+    name: str
+    family: str
+    param_names: tuple[str, ...]
+    hidden: int
+    offsets: dict[str, float]
+    scales: dict[str, float]
+    snapshots: tuple[dict[str, torch.Tensor], ...]
+    fixed_params: dict[str, float]
+    normalisation: str
+    provenance: dict
+
+    def loss(self, reduction: str = "mean") -> AdjustedLoss:
+        """The loss module (`load_loss` returns this)."""
+        return AdjustedLoss(get_family(self.family).fn, self.family, self.param_names,
+                            [self.offsets[n] for n in self.param_names], [self.scales[n] for n in self.param_names],
+                            self.snapshots, self.fixed_params, reduction=reduction)
+
+    def base_spec(self) -> LossSpec:
+        """The base family with the fixed parameters (what NARL's trainer takes as its spec)."""
+        return LossSpec(self.family, dict(self.fixed_params))
+
+    def adjuster_dicts(self) -> list[dict]:
+        """The snapshots as ``evoloss-narl-adjuster`` v1 dicts (NARL's ``adjuster=`` option)."""
+        head = {"format": ADJUSTER_FORMAT, "format_version": ADJUSTER_FORMAT_VERSION, "family": self.family,
+                "param_names": list(self.param_names), "hidden": self.hidden, "input": INPUT}
+        ranges = {"offsets": dict(self.offsets), "scales": dict(self.scales)}
+        return [{**head, **{k: s[k].tolist() for k in WEIGHT_KEYS}, **ranges} for s in self.snapshots]
+
+    def document(self) -> dict:
+        """The ``loss.json`` content (JSON data only)."""
+        section = {"format": ADJUSTER_FORMAT, "format_version": ADJUSTER_FORMAT_VERSION, "input": INPUT,
+                   "stage_rule": STAGE_RULE, "param_names": list(self.param_names), "hidden": self.hidden,
+                   "offsets": dict(self.offsets), "scales": dict(self.scales),
+                   "snapshots": [{k: s[k].tolist() for k in WEIGHT_KEYS} for s in self.snapshots]}
+        return {"format": PLUGIN_FORMAT, "format_version": PLUGIN_FORMAT_VERSION, "name": self.name,
+                "family": self.family, "params": dict(self.fixed_params), "normalisation": self.normalisation,
+                "provenance": dict(self.provenance), SECTION: section}
+
+
+def parse_adjusted_plugin(data: Mapping, where: str = "loss.json") -> AdjustedPlugin:
+    """Validate a decoded adjusted-loss plug-in; every error is a ValueError naming the field, after ``where``."""
+    family, meta = parse_plugin_header(data, where)
+    if SECTION not in data:
+        raise ValueError(f"{where}: field {SECTION!r} is missing; this is a plain loss plug-in — read it with "
+                         "losses.read_plugin or losses.load_loss")
+    section = parse_adjuster_section(data[SECTION], family, where)
+    fixed = parse_fixed_params(family, data["params"], section.param_names, where)
+    return AdjustedPlugin(meta["name"], family.name, section.param_names, section.hidden, section.offsets,
+                          section.scales, section.snapshots, fixed, meta["normalisation"], meta["provenance"])
+
+
+def read_adjusted_plugin(path: str | os.PathLike) -> AdjustedPlugin:
+    """Parse the adjusted-loss plug-in at ``path`` (its ``loss.json`` or directory); JSON data only."""
+    file = _plugin_file(Path(path))
+    return parse_adjusted_plugin(_read_json_object(file), where=str(file))
+
+
+def adjusted_plugin_at(path: str | os.PathLike) -> AdjustedPlugin | None:
+    """The plug-in at ``path`` when it is an evoloss plug-in (a directory or a file whose JSON says
+    ``"format": "evoloss-loss"``), else None (e.g. a raw adjuster JSON). A plain plug-in raises."""
+    file = Path(path) / PLUGIN_FILE if Path(path).is_dir() else Path(path)
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("format") != PLUGIN_FORMAT:
+        return None
+    return read_adjusted_plugin(file)
+
+
+# --- export ------------------------------------------------------------------------------------------
+def export_adjuster_plugin(adjuster: Mapping | Sequence[Mapping], base_family: str, out_dir: str | os.PathLike,
+                           name: str = DEFAULT_NAME, provenance: Mapping | None = None, *,
+                           fixed_params: Mapping[str, float] | None = None, overwrite: bool = False) -> Path:
+    """Write an adjusted-loss plug-in (``loss.json`` + standalone ``<name>.py``) into ``out_dir``.
+
+    Args:
+        adjuster: one ``evoloss-narl-adjuster`` v1 dict (NARL's `adjuster_to_dict`) or a list of them,
+            the snapshots by training stage in order (e.g. NARL's θ(T/3), θ(2T/3), θ(T)).
+        base_family: the loss the adjuster sets (its ``family`` field must match).
+        fixed_params: the base family's parameters the adjuster does not set (defaults filled in).
+        name, provenance, overwrite: as for `losses.export_plugin`.
+
+    Raises:
+        ValueError: snapshots from different adjusters, a malformed or non-finite adjuster (naming the
+            field), an unknown family, bad ``name``/``provenance``/``fixed_params``; nothing is written.
+    """
+    snapshots = _snapshot_list(adjuster)
+    family = get_family(base_family)
+    validate_plugin_name(name)
+    class_name = plugin_class_name(name)
+    if class_name in {code.__name__ for code in _PORTABLE_CODE}:
+        raise ValueError(f"plug-in name {name!r} would name its class {class_name!r}, which the adjusted-loss module "
+                         f"already defines; choose another name, e.g. 'narl_{name}'")
+    head = _common_head(snapshots, family.name)
+    learned = head.get("param_names")
+    fixed = _fixed_values(family, fixed_params, learned if isinstance(learned, list) else [])
+    section = {**{k: v for k, v in head.items() if k != "family"}, "stage_rule": STAGE_RULE,
+               "snapshots": [{k: s[k] for k in WEIGHT_KEYS if k in s} for s in snapshots]}
+    document = {"format": PLUGIN_FORMAT, "format_version": PLUGIN_FORMAT_VERSION, "name": name,
+                "family": family.name, "params": fixed, "normalisation": normalisation_name(family),
+                "provenance": _provenance_json(provenance), SECTION: section}
+    plugin = parse_adjusted_plugin(document, where="export_adjuster_plugin")
+    text = json.dumps(plugin.document(), indent=2, allow_nan=False) + "\n"
+    size = len(text.encode("utf-8"))
+    if size > MAX_SPEC_BYTES:
+        raise ValueError(f"export_adjuster_plugin: loss.json would be {size} bytes, over the {MAX_SPEC_BYTES}-byte "
+                         "limit the loader accepts; export fewer snapshots or a smaller adjuster")
+    files = {PLUGIN_FILE: text, f"{name}.py": adjusted_standalone_source(plugin)}
+    return write_plugin_dir(out_dir, files, overwrite=overwrite)
+
+
+def _snapshot_list(adjuster: object) -> list[Mapping]:
+    """``adjuster`` as a non-empty list of mappings."""
+    items = [adjuster] if isinstance(adjuster, Mapping) else adjuster
+    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence) \
+            or not all(isinstance(item, Mapping) for item in items):
+        raise ValueError(f"export_adjuster_plugin: adjuster must be an adjuster dict or a list of them (snapshots by "
+                         f"stage); got {type(adjuster).__name__} {adjuster!r:.60}")
+    if not items:
+        raise ValueError("export_adjuster_plugin: pass at least one adjuster snapshot")
+    return list(items)
+
+
+def _common_head(snapshots: list[Mapping], family: str) -> dict:
+    """The fields every snapshot shares (all but the weights), checked equal across snapshots."""
+    heads = [{k: v for k, v in s.items() if k not in WEIGHT_KEYS} for s in snapshots]
+    for index, head in enumerate(heads):
+        if head.get("family") != family:
+            raise ValueError(f"export_adjuster_plugin: adjuster[{index}] is for loss family {head.get('family')!r}; "
+                             f"base_family is {family!r} — export it with base_family={head.get('family')!r}")
+        for key in sorted(set(head) | set(heads[0])):
+            if head.get(key) != heads[0].get(key):
+                raise ValueError(f"export_adjuster_plugin: adjuster[{index}] field {key!r} differs from adjuster[0]; "
+                                 "all snapshots must come from one adjuster")
+    return heads[0]
+
+
+def _fixed_values(family: Family, fixed_params: Mapping | None, learned: list) -> dict[str, float]:
+    """The base parameters the adjuster does not set: given values checked, defaults filled in."""
+    given = dict(fixed_params or {})
+    for key in given:
+        if key in learned:
+            raise ValueError(f"export_adjuster_plugin: fixed_params {key!r} is set per sample by the adjuster; "
+                             f"pass only the other parameters of {family.name!r}")
+    full = family.validate(given)
+    return {p.name: float(full[p.name]) for p in family.params if p.name not in learned}
+
+
+# --- the standalone module ---------------------------------------------------------------------------
+_TEMPLATE_NAMES = {"annotations", "math", "torch", "F", "nn", "FAMILY", "NORMALISATION", "PARAM_NAMES",
+                   "FIXED_PARAMS", "OFFSETS", "SCALES", "SNAPSHOTS"}
+_MODULE_TEMPLATE = '''\
+"""Adjusted-loss plug-in `@NAME@` exported by evoloss: a NARL-Adjuster setting the @FAMILY_NAME@ loss.
+
+Standalone: needs only torch (the evoloss code is copied below, the adjuster's weights written in as
+literals). Per sample i (ding-narl-adjuster §3.2, Eq. 13): the detached logit margin
+m_i = f_y − max_{j≠y} f_j gives Λ_i = offset + scale·σ(W2 ReLU(W1 m_i + b1) + b2) for @LEARNED@,
+and the loss is @FAMILY_NAME@ with those per-sample values and FIXED_PARAMS::
+
+    from @NAME@ import @CLASS@
+    criterion = @CLASS@()  # reduction="mean" | "sum" | "none"
+    criterion.set_progress(epoch / epochs)  # the fraction of training done, in [0, 1]
+    loss = criterion(logits, targets)  # logits [B, C] float, targets [B]; or criterion(..., progress=0.5)
+
+Snapshots by training stage: with K snapshots, snapshot k is used while progress is in [k/K, (k+1)/K)
+(the last one also at 1). This plug-in holds @COUNT@:
+@PROGRESS_NOTE@
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FAMILY = @FAMILY@
+NORMALISATION = @NORM@
+PARAM_NAMES = @PARAM_NAMES@
+FIXED_PARAMS = @FIXED@
+OFFSETS = @OFFSETS@
+SCALES = @SCALES@
+# One dict per snapshot, in stage order; PyTorch layout: w1 [hidden][1], b1 [hidden], w2 [P][hidden], b2 [P].
+SNAPSHOTS = @SNAPSHOTS@
+
+
+# ---- copied from evoloss (decorators dropped) ----
+@CODE@
+
+class @CLASS@(AdjustedLoss):
+    """The exported adjusted loss: ``@CLASS@(reduction="mean")(logits, targets, progress=None)``."""
+
+    def __init__(self, reduction: str = "mean") -> None:
+        super().__init__(@FN@, FAMILY, PARAM_NAMES, OFFSETS, SCALES, SNAPSHOTS, FIXED_PARAMS, reduction=reduction)
+'''
+
+
+def adjusted_standalone_source(plugin: AdjustedPlugin) -> str:
+    """The text of the standalone ``<name>.py`` of ``plugin`` (checked to compile; nothing is run)."""
+    family = get_family(plugin.family)
+    class_name = plugin_class_name(plugin.name)
+    code = (check_inputs, family.fn, *family.helpers, *_PORTABLE_CODE)
+    chunks = portable_sources(code, family.name, {*_TEMPLATE_NAMES, class_name})
+    many = len(plugin.snapshots) > 1
+    replacements = {
+        "@NAME@": plugin.name, "@CLASS@": class_name, "@FAMILY@": repr(family.name), "@FAMILY_NAME@": family.name,
+        "@NORM@": repr(plugin.normalisation),
+        "@LEARNED@": ", ".join(plugin.param_names), "@PARAM_NAMES@": repr(plugin.param_names),
+        "@FIXED@": repr(plugin.fixed_params), "@OFFSETS@": repr([plugin.offsets[n] for n in plugin.param_names]),
+        "@SCALES@": repr([plugin.scales[n] for n in plugin.param_names]), "@FN@": family.fn.__name__,
+        "@COUNT@": f"{len(plugin.snapshots)} snapshot{'s' if many else ''}",
+        "@PROGRESS_NOTE@": "pass progress (or call set_progress) before computing the loss." if many
+        else "progress is not needed.",
+        "@SNAPSHOTS@": _snapshots_literal(plugin.snapshots), "@CODE@": "\n\n".join(chunks),
+    }
+    text = _MODULE_TEMPLATE
+    for token, value in replacements.items():
+        text = text.replace(token, value)
+    compile(text, f"{plugin.name}.py", "exec")  # syntax check only
+    return text
+
+
+def _snapshots_literal(snapshots: Sequence[Mapping[str, torch.Tensor]]) -> str:
+    """A Python list literal of the snapshot dicts, floats written exactly (repr), lines wrapped."""
+    lines = ["["]
+    for weights in snapshots:
+        lines.append("    {")
+        for key in WEIGHT_KEYS:
+            lines.append(textwrap.fill(repr(weights[key].tolist()), width=116, initial_indent=f"        {key!r}: ",
+                                       subsequent_indent=" " * 12, break_on_hyphens=False,
+                                       break_long_words=False) + ",")
+        lines.append("    },")
+    return "\n".join(lines + ["]"])
+
+
+def _load_section(data: dict, where: str, reduction: str) -> AdjustedLoss:
+    """`losses.load_loss` of a document with an ``adjuster`` section."""
+    return parse_adjusted_plugin(data, where).loss(reduction)
+
+
+register_plugin_section(SECTION, _load_section)
