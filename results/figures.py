@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,6 +26,7 @@ from matplotlib.ticker import MaxNLocator
 
 from losses import LossSpec
 from results.loss_shapes import loss_shape_curves, plot_loss_shapes
+from results.store import atomic_write
 from results.tables import method_kinds, method_order, task_order
 
 _SORT = ["method", "task", "seed", "generation", "candidate"]
@@ -38,15 +38,7 @@ def save_png(figure: Figure, out_png: str | os.PathLike[str]) -> Path:
     out = Path(out_png)
     if out.suffix.lower() != ".png":
         raise ValueError(f"out_png must end in '.png'; got {str(out)!r}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            figure.savefig(stream, format="png", dpi=100)
-        os.replace(temp_name, out)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    atomic_write(out, lambda stream: figure.savefig(stream, format="png", dpi=100))
     return out
 
 

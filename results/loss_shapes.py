@@ -18,7 +18,6 @@ runs over an even grid strictly inside (0, 1): ``linspace(0, 1, points + 2)[1:-1
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -28,6 +27,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from losses import LossSpec, create_loss
+from results.store import atomic_write
 
 SWEEPS = ("label", "other")
 LABEL_CLASS = 0
@@ -115,15 +115,7 @@ def plot_loss_shapes(
     entries = _check_entries(specs)
     curves = [(label, loss_shape_curves(spec, num_classes, points)) for label, spec in entries]
     figure = _draw(curves, num_classes)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            figure.savefig(stream, format="png", dpi=100)
-        os.replace(temp_name, out)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    atomic_write(out, lambda stream: figure.savefig(stream, format="png", dpi=100))
     return out
 
 

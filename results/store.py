@@ -187,12 +187,14 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, write: Any) -> None:
+def atomic_write(path: Path, write: Any) -> None:
     """Write through ``write(fileobj)`` to a temp name beside ``path``, fsync, then os.replace.
 
     The temp name starts with '.' and ends in '.tmp-XXXX' (not '.parquet'), so readers of the
     folder (pandas, pyarrow.dataset) never see a half-written file.
     """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{_TMP_MARK}", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -209,7 +211,7 @@ def _atomic_write(path: Path, write: Any) -> None:
 class ParquetStore(ResultStore):
     """A run directory of Parquet parts (one per generation and kind) and JSON state files.
 
-    Every file is written to a temp name in its folder, fsync'd and renamed (`_atomic_write`);
+    Every file is written to a temp name in its folder, fsync'd and renamed (`atomic_write`);
     temp files left by a crash are removed when the store is opened. Open one store per run
     directory at a time (one coordinator owns a run).
     """
@@ -236,7 +238,7 @@ class ParquetStore(ResultStore):
         return sorted(int(m.group(1)) for m in found if m and m.group(2) == suffix)
 
     def _write_table(self, directory: Path, generation: int, table: pa.Table) -> None:
-        _atomic_write(directory / self._name(generation, "parquet"), lambda fh: pq.write_table(table, fh))
+        atomic_write(directory / self._name(generation, "parquet"), lambda fh: pq.write_table(table, fh))
 
     def append(
         self, generation: int, eval_rows: Sequence[Mapping[str, Any]], generation_row: Mapping[str, Any]
@@ -266,7 +268,7 @@ class ParquetStore(ResultStore):
             raise ValueError(
                 f"save_state({generation}): generation {generation} has no generation row; append it again"
             )
-        _atomic_write(self.state_dir / self._name(generation, "json"), lambda fh: fh.write(text.encode()))  # 3rd
+        atomic_write(self.state_dir / self._name(generation, "json"), lambda fh: fh.write(text.encode()))  # 3rd
 
     def load_state(self) -> tuple[int, dict[str, Any]] | None:
         done = self.generations_done()

@@ -1,28 +1,17 @@
 """Run directories: create one for a new run, reopen one to resume, write files atomically."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
+from results.store import atomic_write
 from search.config import SearchConfig, load_config, resolved_toml
 
 CONFIG_NAME = "config.toml"
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``text`` to ``path`` through a temp file in the same folder, fsync and a rename."""
+    atomic_write(Path(path), lambda fh: fh.write(text.encode("utf-8")))
 
 
 def check_new_run_dir(run_dir: Path) -> None:

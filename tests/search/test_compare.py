@@ -213,7 +213,10 @@ def test_quick_preset_compares_all_three_kinds_on_seen_and_unseen_tasks() -> Non
                 for t in grid_from_config(search).tasks()}
     assert _task_labels(config, heldout=False) <= searched
     assert _task_labels(config, heldout=True) and not (_task_labels(config, heldout=True) & searched)
-    assert {d for g in config.tasks for d in g.datasets} == {"digits", "mnist1d"}
+    assert {d for g in config.tasks for d in g.datasets} == {"digits", "synthetic:n=3000,c=10,d=20"}
+    assert {a for g in config.tasks for a in g.archs} == {"mlp2", "mlp3", "cnn4"}
+    # held-out under the search's own noise (80% symmetric): unseen noise draws, data, architecture
+    assert {g.name for g in config.tasks if g.heldout and g.noise[0].rate == 0.8} >= {"held-out-draws", "held-out-data"}
     assert config.train.epochs == search.train.epochs and config.train.max_train == search.train.max_train
     moved = load_compare_config(preset="quick", overrides={"methods.evolved.run_dir": "runs/elsewhere"})
     assert moved.methods[5].run_dir == "runs/elsewhere"

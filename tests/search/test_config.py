@@ -103,9 +103,9 @@ def test_bad_config_raises_one_clear_error(path: str, value: Any, message: str) 
 def test_presets_load_and_build_grids() -> None:
     assert {"quick", "arl-ar", "arl-dr"} <= set(list_presets())
     quick = load_config(preset="quick")
-    assert set(quick.grid.datasets) == {"digits", "mnist1d"} and quick.grid.noise[0].rate == 0.8
+    assert quick.grid.datasets == ("digits",) and quick.grid.noise[0].rate == 0.8
     tasks = grid_from_config(quick).tasks()
-    assert {t.dataset for t in tasks} == {"digits", "mnist1d"} and tasks[0].splits.max_train == quick.train.max_train
+    assert {t.arch for t in tasks} == {"mlp2", "mlp3"} and tasks[0].splits.max_train == quick.train.max_train
     ar, dr = load_config(preset="arl-ar"), load_config(preset="arl-dr")
     assert ar.grid.mode == "ar" and ar.grid.archs == ("mlp2", "mlp3", "cnn4")
     assert dr.grid.mode == "dr" and dr.grid.datasets == ("mnist", "kmnist", "cifar10")
@@ -127,9 +127,9 @@ def test_resolved_toml_round_trips(tmp_path: Path) -> None:
 def test_file_preset_and_overrides_merge_in_order(tmp_path: Path) -> None:
     path = tmp_path / "my.toml"
     path.write_text('[search]\npopsize = 12\n[train]\nepochs = 4\n')
-    config = load_config(path, preset="quick", overrides={"search.popsize": 16, "train": {"batch_size": 32}})
-    assert config.search.popsize == 16 and config.train.epochs == 4 and config.train.batch_size == 32
-    assert config.grid.datasets == ("digits", "mnist1d")  # from the preset
+    config = load_config(path, preset="quick", overrides={"search.popsize": 20, "train": {"batch_size": 32}})
+    assert config.search.popsize == 20 and config.train.epochs == 4 and config.train.batch_size == 32
+    assert config.grid.archs == ("mlp2", "mlp3")  # from the preset
     assert parse_override("search.sigma0=0.3") == ("search.sigma0", 0.3)
     assert parse_override('grid.datasets=["digits"]') == ("grid.datasets", ["digits"])
     assert parse_override("output.run_dir=runs/x") == ("output.run_dir", "runs/x")
