@@ -190,7 +190,7 @@ def _fsync_dir(directory: Path) -> None:
 def atomic_write(path: Path, write: Any) -> None:
     """Write through ``write(fileobj)`` to a temp name beside ``path``, fsync, then os.replace.
 
-    The temp name starts with '.' and ends in '.tmp-XXXX' (not '.parquet'), so readers of the
+    The temp name starts with '.' and ends in '.tmp-<random>' (not '.parquet'), so readers of the
     folder (pandas, pyarrow.dataset) never see a half-written file.
     """
     path = Path(path)

@@ -12,7 +12,7 @@ of the Ray processes are checked, and a non-loopback one stops Ray with an error
 Ray's temp dir goes inside the run directory when the path is short enough: Ray puts unix sockets
 at ``<temp>/session_<date>_<pid>/sockets/plasma_store`` and a unix socket path has at most 107 bytes,
 which leaves `MAX_TEMP_DIR_LEN` characters for the temp dir. A longer (or no) path falls back to a
-fresh ``/tmp/evoloss-ray-XXXX`` directory that is removed on exit.
+fresh ``/tmp/evoloss-ray-<random>`` directory that is removed on exit.
 
 Joining (``address="host:port"``) connects to an existing cluster; its nodes chose their own
 addresses and temp dirs. Note (Ray 2.60, checked here): nodes started with a loopback
@@ -78,7 +78,7 @@ def ray_environment(embedded: bool, environ: dict[str, str] | None = None) -> di
 
 def ray_temp_dir(preferred: str | Path | None) -> tuple[Path, bool]:
     """``(directory, is_fallback)``: ``preferred`` (created) if its absolute path has at most
-    `MAX_TEMP_DIR_LEN` characters, else a new ``/tmp/evoloss-ray-XXXX`` that the caller removes."""
+    `MAX_TEMP_DIR_LEN` characters, else a new ``/tmp/evoloss-ray-<random>`` that the caller removes."""
     if preferred is not None:
         path = Path(preferred).expanduser().absolute()
         if len(str(path).encode()) <= MAX_TEMP_DIR_LEN:

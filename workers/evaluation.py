@@ -70,13 +70,13 @@ class EpochMetrics:
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = EVAL_BATCH_SIZE) -> float:
     """Fraction of rows of ``x`` whose argmax logit equals ``y``; NaN when ``x`` has no rows.
 
-    Runs in batches under ``torch.no_grad()`` with ``model.eval()`` (BatchNorm uses its running
+    Runs in batches under ``torch.no_grad()`` with ``model.train(False)`` (eval mode) (BatchNorm uses its running
     statistics, dropout is off) and restores the module's previous training mode.
     """
     if len(y) == 0:
         return math.nan
     was_training = model.training
-    model.eval()
+    model.train(False)  # eval mode
     correct = torch.zeros((), dtype=torch.int64, device=y.device)
     with torch.no_grad():
         for start in range(0, len(y), batch_size):

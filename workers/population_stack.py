@@ -219,7 +219,7 @@ class StackedNet:
             stacked = self.forward(x, training=False)
             for k, member in enumerate(members):
                 was_training = member.training
-                member.eval()
+                member.train(False)  # eval mode
                 own = member(x)
                 member.train(was_training)
                 scale = float(own.abs().max()) + 1.0

@@ -159,7 +159,7 @@ class DynamicLoss(MetaMethod):
         """Base loss of f (no margins) and argmax prediction of every training row, eval mode, no graph."""
         model, x, y = run.model, run.data.x_train, run.data.y_train
         was_training = model.training
-        model.eval()
+        model.train(False)  # eval mode
         losses, predicted = [], []
         with torch.no_grad():
             for start in range(0, len(y), EVAL_BATCH_SIZE):

@@ -125,7 +125,7 @@ class MetaRun:
                 f"trains with {self.optim_spec.name!r}; use lookahead='sgd' or budget.optimizer='sgd'"
             )
         if config.head_only:  # eval mode: no dropout draw from the caller's RNG, any batch size for BatchNorm
-            self.model.eval()
+            self.model.train(False)  # eval mode
             check_head_only(self.model, self.data.x_train[:2])
             self.model.train()
 
