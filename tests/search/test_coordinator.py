@@ -109,3 +109,23 @@ def test_export_best_is_loadable(tmp_path):
     loss = load_loss(out / "loss.json")
     spec, fitness, _, _ = best_candidate(ParquetStore(run), "last")
     assert loss.spec.family == "gce" and dict(loss.spec.params) == pytest.approx(dict(spec.params))
+
+
+def test_export_pick_mean_is_the_decoded_cmaes_mean(tmp_path):
+    from search.commands.export import export_best, picked_spec
+    from search.coordinator import decode_candidates
+    from search.run_dir import create_run_dir
+    from search.strategy import CMAStrategy
+
+    config = _config(**{"search.generations": 1})
+    run = tmp_path / "run"
+    create_run_dir(run, config)
+    run_search(config, InProcessPool(), ParquetStore(run), run_id="run")
+    _, state = ParquetStore(run).load_state()
+    expected = decode_candidates("gce", CMAStrategy.from_state(state["strategy"]).mean[None, :])[0]
+    spec, origin = picked_spec(run, "mean")
+    assert spec == expected and origin["pick"] == "mean" and origin["fitness"] is None
+    loss = load_loss(export_best(run, tmp_path / "m", pick="mean") / "loss.json")
+    assert dict(loss.spec.params) == pytest.approx(dict(expected.params))
+    with pytest.raises(ValueError, match="pick"):
+        picked_spec(run, "median")
