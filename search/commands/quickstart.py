@@ -2,7 +2,7 @@
 
 1. a `quick` CMA-ES search of the Taylor loss on data that needs no network (resumed if a previous
    quickstart was interrupted, reused if it finished);
-2. the export of its best loss as a standalone plug-in;
+2. the export of its best loss (and of the final CMA-ES mean) as standalone plug-ins;
 3. a `quick` compare of that loss against hand-designed and meta-learned losses, including tasks the
    search never saw, with its summary table printed and its report written.
 Everything lands in one folder (default ``runs/quickstart``): ``search/``, ``export/``, ``compare/``.
@@ -54,12 +54,15 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     # validate the compare config before spending minutes on the search
     compare_overrides = {"methods.evolved.run_dir": str(out / "search"),
+                         "methods.evolved-mean.path": str(out / "export" / "evolved_mean" / "loss.json"),
                          **dict(parse_override(s) for s in args.compare_set)}
     compare_config = load_compare_config(preset="quick", overrides=compare_overrides)
     search_run = _search_phase(out, args)
 
     plugin = export_best(search_run, out / "export" / "evolved_loss", overwrite=True)
     print(f"[2/3] export: {plugin / 'loss.json'} and {plugin / 'evolved_loss.py'} (needs only torch)")
+    mean = export_best(search_run, out / "export" / "evolved_mean", name="evolved_mean", overwrite=True, pick="mean")
+    print(f"      and the final CMA-ES mean: {mean / 'loss.json'}")
 
     compare_run = out / "compare"
     if compare_run.exists():

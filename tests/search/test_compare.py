@@ -203,10 +203,11 @@ def _task_labels(config: CompareConfig, heldout: bool) -> set[tuple[str, str, st
 
 def test_quick_preset_compares_all_three_kinds_on_seen_and_unseen_tasks() -> None:
     config = load_compare_config(preset="quick")
-    kinds = {m.name: (m.kind, m.family or m.trainer or m.run_dir) for m in config.methods}
+    kinds = {m.name: (m.kind, m.family or m.trainer or m.run_dir or None) for m in config.methods}
     assert kinds == {"ce": ("loss", "ce"), "gce": ("loss", "gce"), "sce": ("loss", "sce"),
                      "nce+mae": ("loss", "nce_mae"), "gce-tuned": ("tuned", "gce"),
-                     "evolved": ("search", "runs/quickstart/search"), "l2b": ("trainer", "l2b"),
+                     "evolved": ("search", "runs/quickstart/search"),
+                     "evolved-mean": ("plugin", None), "l2b": ("trainer", "l2b"),
                      "mwnet": ("trainer", "mwnet"), "adaptive-gce": ("trainer", "adaptive-gce")}
     search = load_config(preset="quick")  # what the quick search trains on
     searched = {(t.dataset, t.arch, t.noise.kind, t.noise.rate, t.noise.convention)
