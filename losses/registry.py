@@ -222,7 +222,7 @@ def register_family(
     """
 
     def deco(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-        if not name.replace("_", "").isalnum() or name.lower() != name:
+        if not name.replace("_", "").isalnum() or name.lower() != name:  # "_name": private (see list_losses)
             raise ValueError(f"loss family name {name!r} must be lower-case letters, digits and '_'")
         if name in _FAMILIES:
             raise ValueError(f"loss family {name!r} is already registered (by {_FAMILIES[name].fn.__module__})")
@@ -246,9 +246,15 @@ def get_family(name: str) -> Family:
     return _FAMILIES[name]
 
 
-def list_losses(pattern: str = "*") -> list[str]:
-    """Registered family names matching a glob ``pattern``, sorted."""
-    return sorted(n for n in _FAMILIES if fnmatch.fnmatch(n, pattern))
+def list_losses(pattern: str = "*", *, include_private: bool = False) -> list[str]:
+    """Registered family names matching a glob ``pattern``, sorted.
+
+    Names that start with ``_`` are private (test fixtures, experiments): they can be created by
+    name but are listed only with ``include_private=True``, so registry-wide loops (tests, reports,
+    the CLI's valid-name lists) see the product's families only.
+    """
+    return sorted(n for n in _FAMILIES
+                  if fnmatch.fnmatch(n, pattern) and (include_private or not n.startswith("_")))
 
 
 @dataclass(frozen=True)

@@ -219,7 +219,7 @@ def _check_method_keys(path: str, method: MethodSection) -> None:
 
 def _family_params(path: str, name: str, params: Mapping[str, float] | None) -> dict[str, float]:
     """``params`` checked against family ``name`` (names and ranges); returned with defaults filled in."""
-    if name not in losses.list_losses():
+    if name not in losses.list_losses(include_private=True):
         raise _unknown_name(f"{path}.family", name, losses.list_losses())
     family = losses.get_family(name)
     for key, value in (params or {}).items():

@@ -242,7 +242,7 @@ def _check_relations(config: SearchConfig) -> None:
     for i, noise in enumerate(grid.noise):
         if noise.type == "none" and noise.rate != 0.0:
             raise _error(f"grid.noise[{i}].rate", "type 'none' takes no rate", noise.rate, "set rate = 0.0")
-    family = losses.get_family(config.search.family) if config.search.family in losses.list_losses() else None
+    family = losses.get_family(config.search.family) if config.search.family in losses.list_losses(include_private=True) else None
     if family is not None and not isinstance(config.search.x0, str) and len(config.search.x0) != family.dim:
         problem = f"family {family.name!r} has {family.dim} parameter(s) ({', '.join(family.param_names)})"
         raise _error("search.x0", problem, list(config.search.x0), f'give {family.dim} genome values or "default"')
@@ -251,7 +251,7 @@ def _check_relations(config: SearchConfig) -> None:
 def _check_registries(config: SearchConfig) -> None:
     """Names against the loss registry and, when importable, the workers' registries."""
     name = config.search.family
-    if name not in losses.list_losses():
+    if name not in losses.list_losses(include_private=True):
         raise _unknown_name("search.family", name, losses.list_losses())
     if losses.get_family(name).dim == 0:
         searchable = [n for n in losses.list_losses() if losses.get_family(n).dim > 0]

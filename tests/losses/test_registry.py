@@ -79,3 +79,11 @@ def test_spec_roundtrip_and_hash():
     with pytest.raises(ValueError, match="mapping"):
         LossSpec.from_dict({"params": {}})
     assert np.asarray(get_family("ce").encode({})).shape == (0,)
+
+
+def test_private_families_are_creatable_but_not_listed(monkeypatch):
+    from losses import registry
+
+    monkeypatch.setitem(registry._FAMILIES, "_probe", registry.Family("_probe", fn=lambda logits, targets: logits[:, 0]))
+    assert "_probe" not in list_losses() and "_probe" in list_losses(include_private=True)
+    assert get_family("_probe").name == "_probe"
