@@ -42,7 +42,11 @@ from search.cma_state import capture_es, decode_value, encode_value, restore_es
 
 STATE_FORMAT = "evoloss.cma-strategy/1"
 _OURS = ("popsize", "seed", "bounds", "randn", "verbose", "verb_disp", "verb_log", "signals_filename")
-_DEFAULT_CMA_OPTIONS: dict[str, Any] = {"tolflatfitness": 10}
+# tolflatfitness 10: a few flat generations are not the end. tolfun off (-1, pycma compares with <=):
+# its range test looks at the current generation too, so one generation of equal accuracies (every
+# candidate failed, or all at chance level — common in a Taylor search's first generations) would stop
+# the search; max_generations and pycma's other criteria (tolx, tolstagnation, ...) still apply.
+_DEFAULT_CMA_OPTIONS: dict[str, Any] = {"tolflatfitness": 10, "tolfun": -1.0}
 # Config keys a resumed strategy may change: stopping rules, not the trajectory.
 _RESUME_MAY_CHANGE = ("max_generations",)
 

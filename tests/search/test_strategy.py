@@ -225,3 +225,13 @@ def test_resume_in_a_fresh_process(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=root, check=True, timeout=120)
     continued = json.loads((tmp_path / "asked.json").read_text())
     assert [e.tolist() for e in expected[3:]] == continued  # floats through JSON repr are exact
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_a_flat_or_all_failed_generation_does_not_stop_the_search() -> None:
+    for values in ([None] * 4, [0.1] * 4):
+        s = CMAStrategy(3, popsize=4, sigma0=0.5, seed=0, max_generations=10)
+        s.tell(s.ask(), values)
+        assert s.stop() == {}, values
+        s.tell(s.ask(), [0.5, 0.6, 0.7, 0.8])
+        assert s.stop() == {} and s.generation == 2
