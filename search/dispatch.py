@@ -28,8 +28,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-import ray
-from ray.exceptions import RayActorError, RayError, RayTaskError
+from search.ray_runtime import RayActorError, RayError, RayTaskError, ray
 
 from workers.ray_actors import DEFAULT_MATERIALIZER, DEFAULT_TRAINER_MODULES, EvalActor, Job, failure_records
 

@@ -29,16 +29,30 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Iterable, Iterator, Sequence
 
 import ray
 import psutil  # ships with ray (ray/thirdparty_files, on sys.path once ray is imported)
+from ray.exceptions import RayActorError, RayError, RayTaskError  # noqa: F401  (re-exported for search.dispatch)
 
 SOCKET_PATH_MAX = 107
 _SOCKET_SUFFIX = "/session_2026-01-01_00-00-00_000000_4194304/sockets/plasma_store.10"  # widest pid, a retry index
 MAX_TEMP_DIR_LEN = SOCKET_PATH_MAX - len(_SOCKET_SUFFIX)
 DEFAULT_AUTH_MODE = "disabled"
 _CLUSTER_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def tune_api() -> SimpleNamespace:
+    """Ray Tune's pieces that `search.tune_engine` builds on, imported on first use (≈1 s, only the
+    Tune engine pays it). This module is the coordinator's one door to Ray: every other module of
+    ``search`` reaches Ray through it."""
+    from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+    from ray.tune.search import ConcurrencyLimiter, Searcher
+
+    return SimpleNamespace(tune=tune, CSVLoggerCallback=CSVLoggerCallback, JsonLoggerCallback=JsonLoggerCallback,
+                           ConcurrencyLimiter=ConcurrencyLimiter, Searcher=Searcher)
 
 
 @dataclass(frozen=True)

@@ -47,14 +47,11 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import numpy as np
-import ray
-from ray import tune
-from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from losses import LossSpec
 from results.store import ResultStore
 from search.config import ClusterSection, SearchConfig, config_dict
+from search.ray_runtime import ray, tune_api
 from search.coordinator import (
     ProgressFn, SearchSummary, _generation_row, _progress_line, _rows_from_results, _summary, decode_candidates,
     make_jobs, make_strategy,
@@ -62,6 +59,11 @@ from search.coordinator import (
 from search.dispatch import JobResult, actor_count, dispatch_order
 from search.grid import fitness_from_rows, grid_from_config
 from search.ray_runtime import start_ray
+
+_TUNE = tune_api()
+tune = _TUNE.tune
+CSVLoggerCallback, JsonLoggerCallback = _TUNE.CSVLoggerCallback, _TUNE.JsonLoggerCallback
+ConcurrencyLimiter, Searcher = _TUNE.ConcurrencyLimiter, _TUNE.Searcher
 from workers.ray_actors import (
     DEFAULT_MATERIALIZER, DEFAULT_TRAINER_MODULES, Job, JobRunner, failure_records, pick_device, threads_for,
 )
