@@ -151,6 +151,30 @@ def _generation_row(run_id: str, generation: int, fitness: Mapping[int, float], 
     }
 
 
+def generation_state(config: SearchConfig, strategy: CMAStrategy, generation: int, run_id: str) -> dict:
+    """What the store keeps after ``generation``: the strategy (exact), the config, the run id."""
+    return {"strategy": strategy.state(), "generation": generation, "config": config_dict(config), "run_id": run_id}
+
+
+def finish_generation(config: SearchConfig, strategy: CMAStrategy, store: ResultStore, *, run_id: str,
+                      generation: int, genomes: np.ndarray, specs: Sequence[LossSpec], tasks: Sequence[Task],
+                      jobs: Sequence[Job], results: Sequence[Any], started: float) -> tuple[dict, list[dict]]:
+    """Rows → fitness → tell → generation row → store → state, the one order every engine follows.
+
+    Returns the generation row and the evaluation rows. The state is saved last, so a crash before it
+    leaves the generation incomplete and a resume redoes it (results.store contract).
+    """
+    rule = config.grid.metric_rule
+    rows = _rows_from_results(results, jobs, run_id=run_id, generation=generation, metric_rule=rule)
+    fitness = fitness_from_rows(rows, rule, candidates=range(len(specs)))
+    strategy.tell(genomes, [fitness[c] for c in range(len(specs))])
+    wall = time.perf_counter() - started
+    gen_row = _generation_row(run_id, generation, fitness, specs, strategy, rows, wall, [t.key() for t in tasks])
+    store.append(generation, rows, gen_row)
+    store.save_state(generation, generation_state(config, strategy, generation, run_id))
+    return gen_row, rows
+
+
 def run_search(config: SearchConfig, pool: JobRunnerPool, store: ResultStore, *, run_id: str,
                progress: ProgressFn | None = None, max_new_generations: int | None = None) -> SearchSummary:
     """Run (or resume) the search of ``config`` until the strategy stops.
@@ -188,16 +212,9 @@ def run_search(config: SearchConfig, pool: JobRunnerPool, store: ResultStore, *,
             say(f"\rgen {g}: {finished[0]}/{total} jobs")
 
         results = pool.run_jobs(jobs, timeout_s=config.cluster.timeout_s, on_result=on_result)
-        rows = _rows_from_results(results, jobs, run_id=run_id, generation=g,
-                                  metric_rule=config.grid.metric_rule)
-        fitness = fitness_from_rows(rows, config.grid.metric_rule, candidates=range(len(specs)))
-        strategy.tell(genomes, [fitness[c] for c in range(len(specs))])
-        wall = time.perf_counter() - t0
+        gen_row, rows = finish_generation(config, strategy, store, run_id=run_id, generation=g, genomes=genomes,
+                                          specs=specs, tasks=tasks, jobs=jobs, results=results, started=t0)
         train_s += sum(r["wall_s"] for r in rows)
-        gen_row = _generation_row(run_id, g, fitness, specs, strategy, rows, wall, [t.key() for t in tasks])
-        store.append(g, rows, gen_row)
-        store.save_state(g, {"strategy": strategy.state(), "generation": g,
-                             "config": config_dict(config), "run_id": run_id})
         done_now += 1
         history.append(gen_row)
         say(_progress_line(gen_row, g, config.search.generations, time.perf_counter() - t_start, done_now))

@@ -50,24 +50,24 @@ import numpy as np
 
 from losses import LossSpec
 from results.store import ResultStore
-from search.config import ClusterSection, SearchConfig, config_dict
+from search.config import ClusterSection, SearchConfig
 from search.ray_runtime import ray, tune_api
 from search.coordinator import (
-    ProgressFn, SearchSummary, _generation_row, _progress_line, _rows_from_results, _summary, decode_candidates,
+    ProgressFn, SearchSummary, _progress_line, _summary, decode_candidates, finish_generation, generation_state,
     make_jobs, make_strategy,
 )
 from search.dispatch import JobResult, actor_count, dispatch_order
-from search.grid import fitness_from_rows, grid_from_config
+from search.grid import grid_from_config
 from search.ray_runtime import start_ray
+from workers.ray_actors import (
+    DEFAULT_MATERIALIZER, DEFAULT_TRAINER_MODULES, Job, JobRunner, failure_records, pick_device, threads_for,
+)
+from workers.task import Task
 
 _TUNE = tune_api()
 tune = _TUNE.tune
 CSVLoggerCallback, JsonLoggerCallback = _TUNE.CSVLoggerCallback, _TUNE.JsonLoggerCallback
 ConcurrencyLimiter, Searcher = _TUNE.ConcurrencyLimiter, _TUNE.Searcher
-from workers.ray_actors import (
-    DEFAULT_MATERIALIZER, DEFAULT_TRAINER_MODULES, Job, JobRunner, failure_records, pick_device, threads_for,
-)
-from workers.task import Task
 
 _ERROR_TEXT_LIMIT = 4000
 
@@ -284,16 +284,10 @@ class CMASearcher(Searcher):
         """Rows → fitness → tell → generation row → store → state (search.coordinator.run_search's order)."""
         cfg = self.config
         results = [gen.results[i] for i in range(len(gen.jobs))]
-        rows = _rows_from_results(results, gen.jobs, run_id=self.run_id, generation=gen.index,
-                                  metric_rule=cfg.grid.metric_rule)
-        fitness = fitness_from_rows(rows, cfg.grid.metric_rule, candidates=range(len(gen.specs)))
-        self.strategy.tell(gen.genomes, [fitness[c] for c in range(len(gen.specs))])
-        wall = time.perf_counter() - gen.started
+        gen_row, rows = finish_generation(cfg, self.strategy, self.store, run_id=self.run_id, generation=gen.index,
+                                          genomes=gen.genomes, specs=gen.specs, tasks=gen.tasks, jobs=gen.jobs,
+                                          results=results, started=gen.started)
         self.train_s += sum(r["wall_s"] for r in rows)
-        gen_row = _generation_row(self.run_id, gen.index, fitness, gen.specs, self.strategy, rows, wall,
-                                  [t.key() for t in gen.tasks])
-        self.store.append(gen.index, rows, gen_row)
-        self.store.save_state(gen.index, self.state_after(gen.index))
         self.done_now += 1
         self.history.append(gen_row)
         self._current = None
@@ -302,8 +296,7 @@ class CMASearcher(Searcher):
 
     def state_after(self, generation: int) -> dict[str, Any]:
         """The store state after ``generation`` (the same keys as the native coordinator's)."""
-        return {"strategy": self.strategy.state(), "generation": generation,
-                "config": config_dict(self.config), "run_id": self.run_id}
+        return generation_state(self.config, self.strategy, generation, self.run_id)
 
     def trial_ended(self, trial_id: str) -> None:
         """Progress: one more job of the current generation ended (from `TrialWatcher`)."""
