@@ -2,6 +2,7 @@
 the coordinator then --resume, and an evaluation actor killed mid-generation."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -11,7 +12,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import search.ray_runtime  # noqa: F401  (puts the psutil that ships with ray on sys.path)
+from search.ray_runtime import processes_under  # also puts the psutil that ships with ray on sys.path
 import psutil
 import pytest
 
@@ -114,11 +115,12 @@ def test_actor_killed_mid_generation_loses_nothing(short_dir):
     deadline = time.monotonic() + 240
     while victim is None:
         assert proc.poll() is None and time.monotonic() < deadline, "no busy actor seen"
-        for p in psutil.process_iter(["cmdline", "cpu_percent"]):
-            cmd = " ".join(p.info["cmdline"] or [])
-            if "EvalActor" in cmd and str(run) in cmd or ("ray::EvalActor.run_job" in cmd):
-                victim = p
-                break
+        # only this run's actors: descendants of the Ray node whose temp dir is inside the run
+        for p in processes_under(run / "ray"):
+            with contextlib.suppress(psutil.Error):
+                if "ray::EvalActor.run_job" in " ".join(p.cmdline()):
+                    victim = p
+                    break
         time.sleep(0.1)
     victim.kill()
     _finish(proc)
