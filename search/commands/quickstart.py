@@ -71,5 +71,5 @@ def run(args: argparse.Namespace) -> int:
     summary = compare_cmd.execute(compare_config, compare_run, address=args.address)
     compare_cmd.print_summary(summary, compare_run)
     report, _ = write_report(compare_run)
-    print(f"report: {report}")
+    print(f"report: {report / 'report.md' if report.is_dir() else report}")
     return 0
