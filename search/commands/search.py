@@ -6,11 +6,12 @@ from pathlib import Path
 
 from results.store import ParquetStore
 from search.cli import progress_writer
-from search.config import SearchConfig, load_config, parse_override
+from search.config import SearchConfig, load_config, parse_override, resolved_toml
 from search.coordinator import SearchSummary, run_search
-from search.run_dir import create_run_dir, load_run_config, run_id_of
+from search.run_dir import atomic_write_text, create_run_dir, load_run_config, run_id_of
 
 NAME = "search"
+_RESUME_MAY_SET = ("search.generations", "grid.data_dir")  # plus cluster.*: where, not what, it runs
 HELP = "run a CMA-ES loss search (embedded local Ray by default, or --address to join a cluster)"
 
 
@@ -41,6 +42,10 @@ def resolve(args: argparse.Namespace) -> tuple[SearchConfig, Path, bool]:
         if args.config or args.preset:
             raise ValueError("--resume continues a run with the config stored in it; drop CONFIG/--preset")
         stored = load_run_config(run_dir)
+        fixed = [k for k in overrides if k not in _RESUME_MAY_SET and not k.startswith("cluster.")]
+        if fixed:
+            raise ValueError(f"--resume keeps the run's trajectory: {fixed[0]} cannot change; only "
+                             f"{', '.join(_RESUME_MAY_SET)} and cluster.* may be set when resuming")
         config = load_config(run_dir / "config.toml", overrides=overrides) if overrides else stored
         return config, run_dir, True
     if bool(args.config) == bool(args.preset):
@@ -54,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     config, run_dir, resuming = resolve(args)
     if not resuming:
         create_run_dir(run_dir, config)
+    elif args.set or args.engine:  # e.g. more generations: the run's config.toml says what it now runs
+        atomic_write_text(run_dir / "config.toml", resolved_toml(config))
     summary = execute(config, run_dir, address=args.address)
     print_summary(summary, run_dir)
     return 0

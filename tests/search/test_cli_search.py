@@ -102,3 +102,21 @@ class _no_raise:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_resume_may_extend_generations_but_not_change_the_trajectory(tmp_path, capsys):
+    import argparse
+
+    from search.commands.search import add_arguments, resolve
+    from search.config import load_config
+    from search.run_dir import create_run_dir
+
+    run = tmp_path / "run"
+    create_run_dir(run, load_config(overrides={"search.family": "gce", "search.generations": 2}))
+    assert main(["search", "--resume", str(run), "--set", "search.popsize=4"]) == 2
+    err = capsys.readouterr().err
+    assert "search.popsize cannot change" in err and "search.generations" in err
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    config, run_dir, resuming = resolve(parser.parse_args(["--resume", str(run), "--set", "search.generations=5"]))
+    assert resuming and run_dir == run and config.search.generations == 5 and config.search.family == "gce"

@@ -129,3 +129,10 @@ def test_export_pick_mean_is_the_decoded_cmaes_mean(tmp_path):
     assert dict(loss.spec.params) == pytest.approx(dict(expected.params))
     with pytest.raises(ValueError, match="pick"):
         picked_spec(run, "median")
+
+
+def test_a_finished_search_can_be_extended():
+    store = MemoryStore()
+    run_search(_config(**{"search.generations": 1}), InProcessPool(), store, run_id="e")
+    summary = run_search(_config(**{"search.generations": 2}), InProcessPool(), store, run_id="e")
+    assert summary.resumed_from == 0 and store.generations_done() == [0, 1]
