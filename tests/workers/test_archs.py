@@ -2,7 +2,6 @@
 parameter counts against the published layer formulas, and clear errors for bad input."""
 from __future__ import annotations
 
-from typing import Iterator
 
 import pytest
 import torch
@@ -29,13 +28,7 @@ _INCOMPATIBLE = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Small batches on a shared 2-core machine: one intra-op thread avoids spin-wait contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_all_required_architectures_are_registered() -> None:
