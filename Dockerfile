@@ -9,6 +9,7 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /opt/evoloss
 RUN pip install --no-cache-dir "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
 COPY pyproject.toml README.md ./
+COPY evoloss ./evoloss
 COPY losses ./losses
 COPY workers ./workers
 COPY results ./results

@@ -44,13 +44,13 @@ from typing import Callable
 
 import ray
 
-from results.store import ParquetStore
-from search.config import SearchConfig, load_config
-from search.coordinator import SearchSummary, run_search
-from search.dispatch import ActorPool, PoolConfig, actor_count
-from search.ray_runtime import start_ray
-from search.run_dir import create_run_dir
-from search.tune_engine import run_search_tune
+from evoloss.results.store import ParquetStore
+from evoloss.search.config import SearchConfig, load_config
+from evoloss.search.coordinator import SearchSummary, run_search
+from evoloss.search.dispatch import ActorPool, PoolConfig, actor_count
+from evoloss.search.ray_runtime import start_ray
+from evoloss.search.run_dir import create_run_dir
+from evoloss.search.tune_engine import run_search_tune
 
 ENGINES = ("native", "tune")
 WORKLOAD = {

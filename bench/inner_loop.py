@@ -29,13 +29,13 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-import losses.gce  # noqa: F401  (registers "gce" whether or not losses/__init__ imports it)
-from losses import LossSpec
-from workers.archs import create_arch
-from workers.materialize import materialize
-from workers.population import PopulationTrainer
-from workers.standard import StandardTrainer
-from workers.task import Budget, NoiseSpec, Task, TaskData
+import evoloss.losses.gce  # noqa: F401  (registers "gce" whether or not losses/__init__ imports it)
+from evoloss.losses import LossSpec
+from evoloss.workers.archs import create_arch
+from evoloss.workers.materialize import materialize
+from evoloss.workers.population import PopulationTrainer
+from evoloss.workers.standard import StandardTrainer
+from evoloss.workers.task import Budget, NoiseSpec, Task, TaskData
 
 STEPS = 200
 BATCH = 64
@@ -162,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.threads < 1:
             parser.error(f"--threads={args.threads} must be >= 1")
         torch.set_num_threads(args.threads)
-    import losses.mae  # noqa: F401  (the mixed-family variant)
+    import evoloss.losses.mae  # noqa: F401  (the mixed-family variant)
 
     repeats, standard_runs = (2, 2) if args.quick else (3, 8)
     peak = matmul_gflops(seconds=0.5 if args.quick else 1.0)

@@ -29,17 +29,17 @@ from dataclasses import dataclass
 
 import torch
 
-import workers.meta.adaptive  # noqa: F401  (registration)
-import workers.meta.dynamic  # noqa: F401
-import workers.meta.l2b  # noqa: F401
-import workers.meta.mwnet  # noqa: F401
-import workers.meta.narl  # noqa: F401
-import workers.standard  # noqa: F401
-from losses import LossSpec
-from workers.materialize import materialize
-from workers.records import EvalRecord
-from workers.task import Budget, NoiseSpec, Splits, Task, TaskData
-from workers.trainer import create_trainer
+import evoloss.workers.meta.adaptive  # noqa: F401  (registration)
+import evoloss.workers.meta.dynamic  # noqa: F401
+import evoloss.workers.meta.l2b  # noqa: F401
+import evoloss.workers.meta.mwnet  # noqa: F401
+import evoloss.workers.meta.narl  # noqa: F401
+import evoloss.workers.standard  # noqa: F401
+from evoloss.losses import LossSpec
+from evoloss.workers.materialize import materialize
+from evoloss.workers.records import EvalRecord
+from evoloss.workers.task import Budget, NoiseSpec, Splits, Task, TaskData
+from evoloss.workers.trainer import create_trainer
 
 # method label -> (trainer name, base loss family)
 METHODS: dict[str, tuple[str, str]] = {

@@ -4,11 +4,11 @@ Families register themselves on import; `create_loss(spec)` builds one, `list_lo
 """
 from __future__ import annotations
 
-from losses.registry import Family, LossSpec, Param, get_family, list_losses, register_family
-from losses.module import Loss, create_loss
+from evoloss.losses.registry import Family, LossSpec, Param, get_family, list_losses, register_family
+from evoloss.losses.module import Loss, create_loss
 
 # Each family is one module; importing it registers it.
-from losses import (  # noqa: F401  (registration)
+from evoloss.losses import (  # noqa: F401  (registration)
     apl,
     bitempered,
     bootstrap,
@@ -22,8 +22,8 @@ from losses import (  # noqa: F401  (registration)
     sce,
     taylor,
 )
-from losses.plugin import export_plugin, load_loss, read_plugin
-from losses.adjusted import AdjustedLoss, export_adjuster_plugin, read_adjusted_plugin  # the adjuster plug-in
+from evoloss.losses.plugin import export_plugin, load_loss, read_plugin
+from evoloss.losses.adjusted import AdjustedLoss, export_adjuster_plugin, read_adjusted_plugin  # the adjuster plug-in
 
 __all__ = [
     "AdjustedLoss",

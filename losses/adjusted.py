@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from losses.adjusted_format import (
+from evoloss.losses.adjusted_format import (
     ADJUSTER_FORMAT,
     ADJUSTER_FORMAT_VERSION,
     INPUT,
@@ -53,8 +53,8 @@ from losses.adjusted_format import (
     parse_adjuster_section,
     parse_fixed_params,
 )
-from losses.module import check_inputs
-from losses.plugin import (
+from evoloss.losses.module import check_inputs
+from evoloss.losses.plugin import (
     MAX_SPEC_BYTES,
     PLUGIN_FILE,
     PLUGIN_FORMAT,
@@ -70,7 +70,7 @@ from losses.plugin import (
     validate_plugin_name,
     write_plugin_dir,
 )
-from losses.registry import Family, LossSpec, get_family
+from evoloss.losses.registry import Family, LossSpec, get_family
 
 SECTION = "adjuster"
 DEFAULT_NAME = "narl_loss"

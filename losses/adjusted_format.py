@@ -21,8 +21,8 @@ from typing import Mapping
 
 import torch
 
-from losses.plugin import _parse_params
-from losses.registry import Family, _unknown
+from evoloss.losses.plugin import _parse_params
+from evoloss.losses.registry import Family, _unknown
 
 ADJUSTER_FORMAT = "evoloss-narl-adjuster"  # the format of workers.meta.narl_adjuster.adjuster_to_dict
 ADJUSTER_FORMAT_VERSION = 1

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from losses.registry import Param, register_family
+from evoloss.losses.registry import Param, register_family
 
 NCE_MAE_PARAMS = [
     Param("alpha", default=1.0, low=0.0, high=20.0, doc="weight of normalised cross entropy"),

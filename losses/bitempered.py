@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from losses.registry import Param, register_family
+from evoloss.losses.registry import Param, register_family
 
 BITEMPERED_PARAMS = [
     Param("t1", default=0.8, low=0.0, high=1.0, doc="temperature of the log (t1 < 1: bounded loss)"),

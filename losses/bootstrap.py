@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from losses.registry import Param, register_family
+from evoloss.losses.registry import Param, register_family
 
 BOOTSTRAP_PARAMS = [
     Param("beta", default=0.95, low=0.0, high=1.0, doc="weight of the given label in the target"),

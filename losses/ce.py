@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from losses.registry import register_family
+from evoloss.losses.registry import register_family
 
 
 @register_family("ce")

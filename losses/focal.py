@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from losses.registry import Param, register_family
+from evoloss.losses.registry import Param, register_family
 
 FOCAL_PARAMS = [
     Param("gamma", default=2.0, low=0.0, high=10.0, doc="focusing exponent; 0 is CE"),

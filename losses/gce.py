@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from losses.registry import Param, register_family
+from evoloss.losses.registry import Param, register_family
 
 GCE_PARAMS = [
     Param("q", default=0.7, low=0.0, high=1.0, low_open=True,

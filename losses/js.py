@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from losses.registry import Param, register_family
+from evoloss.losses.registry import Param, register_family
 
 JS_PARAMS = [
     Param("pi1", default=0.5, low=0.05, high=0.95, doc="weight of the label distribution in the mixture m"),

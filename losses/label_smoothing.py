@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from losses.registry import Param, register_family
+from evoloss.losses.registry import Param, register_family
 
 LABEL_SMOOTHING_PARAMS = [
     Param("eps", default=0.1, low=0.0, high=0.9, doc="mass moved from the label to the uniform distribution"),

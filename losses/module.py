@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from losses.registry import LossSpec, get_family
+from evoloss.losses.registry import LossSpec, get_family
 
 _REDUCTIONS = ("mean", "sum", "none")
 

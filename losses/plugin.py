@@ -43,8 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from losses.module import Loss, check_inputs
-from losses.registry import Family, LossSpec, _unknown, get_family
+from evoloss.losses.module import Loss, check_inputs
+from evoloss.losses.registry import Family, LossSpec, _unknown, get_family
 
 PLUGIN_FORMAT = "evoloss-loss"
 PLUGIN_FORMAT_VERSION = 1

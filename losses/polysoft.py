@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from losses.registry import Param, register_family
+from evoloss.losses.registry import Param, register_family
 
 POLYSOFT_PARAMS = [
     Param("lam", default=5.0, low=0.0, low_open=True, doc="CE threshold λ above which the loss is flat"),

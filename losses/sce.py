@@ -16,7 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from losses.registry import Param, register_family
+from evoloss.losses.registry import Param, register_family
 
 SCE_PARAMS = [
     Param("alpha", default=0.1, low=0.0, high=20.0, doc="weight of cross entropy"),

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import torch
 
-from losses.registry import Param, register_family
+from evoloss.losses.registry import Param, register_family
 
 TAYLOR_DEFAULTS = (0.0, 0.0, 0.0, 2.0, 0.0, 0.0, -2.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 TAYLOR_PARAMS = [

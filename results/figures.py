@@ -24,10 +24,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from losses import LossSpec
-from results.loss_shapes import loss_shape_curves, plot_loss_shapes
-from results.store import atomic_write
-from results.tables import method_kinds, method_order, task_order
+from evoloss.losses import LossSpec
+from evoloss.results.loss_shapes import loss_shape_curves, plot_loss_shapes
+from evoloss.results.store import atomic_write
+from evoloss.results.tables import method_kinds, method_order, task_order
 
 _SORT = ["method", "task", "seed", "generation", "candidate"]
 PanelKey = tuple[str, str, str, str]

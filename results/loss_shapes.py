@@ -26,8 +26,8 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from losses import LossSpec, create_loss
-from results.store import atomic_write
+from evoloss.losses import LossSpec, create_loss
+from evoloss.results.store import atomic_write
 
 SWEEPS = ("label", "other")
 LABEL_CLASS = 0

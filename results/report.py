@@ -38,9 +38,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from results.schema import EVAL_SCHEMA, GENERATION_SCHEMA, STATUSES
-from losses import LossSpec
-from results.figures import (
+from evoloss.results.schema import EVAL_SCHEMA, GENERATION_SCHEMA, STATUSES
+from evoloss.losses import LossSpec
+from evoloss.results.figures import (
     mean_curves,
     noise_panels,
     plot_accuracy_vs_noise,
@@ -49,8 +49,8 @@ from results.figures import (
     plot_search_progress,
     shape_problem,
 )
-from results.loss_shapes import plot_loss_shapes
-from results.tables import (
+from evoloss.results.loss_shapes import plot_loss_shapes
+from evoloss.results.tables import (
     accuracy_markdown,
     average_rank_markdown,
     cell_stats,

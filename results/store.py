@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from results.schema import EVAL_SCHEMA, GENERATION_SCHEMA, rows_to_table
+from evoloss.results.schema import EVAL_SCHEMA, GENERATION_SCHEMA, rows_to_table
 
 _GEN_FILE = re.compile(r"^gen-(\d{6,})\.(parquet|json)$")
 _TMP_MARK = ".tmp-"

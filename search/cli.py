@@ -13,13 +13,13 @@ import sys
 from typing import Sequence
 
 COMMANDS = (
-    "search.commands.quickstart",
-    "search.commands.search",
-    "search.commands.status",
-    "search.commands.export",
-    "search.commands.plot_loss",
-    "search.commands.compare",
-    "search.commands.report",
+    "evoloss.search.commands.quickstart",
+    "evoloss.search.commands.search",
+    "evoloss.search.commands.status",
+    "evoloss.search.commands.export",
+    "evoloss.search.commands.plot_loss",
+    "evoloss.search.commands.compare",
+    "evoloss.search.commands.report",
 )
 
 

@@ -48,10 +48,10 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from losses import LossSpec
-from losses.plugin import read_loss_file
-from results.store import ParquetStore, ResultStore
-from search.compare_config import (
+from evoloss.losses import LossSpec
+from evoloss.losses.plugin import read_loss_file
+from evoloss.results.store import ParquetStore, ResultStore
+from evoloss.search.compare_config import (
     METHOD_KINDS,
     CompareConfig,
     MethodSection,
@@ -59,13 +59,13 @@ from search.compare_config import (
     compare_config_dict,
     tuned_grid_points,
 )
-from search.config import SearchConfig
-from search.coordinator import JobRunnerPool, best_candidate, record_to_row
-from search.grid import TaskGrid, grid_from_config, metric_column
-from search.run_dir import load_run_config
-from workers.ray_actors import Job
-from workers.records import EvalRecord
-from workers.task import NoiseSpec, Task
+from evoloss.search.config import SearchConfig
+from evoloss.search.coordinator import JobRunnerPool, best_candidate, record_to_row
+from evoloss.search.grid import TaskGrid, grid_from_config, metric_column
+from evoloss.search.run_dir import load_run_config
+from evoloss.workers.ray_actors import Job
+from evoloss.workers.records import EvalRecord
+from evoloss.workers.task import NoiseSpec, Task
 
 GENERATION = 0
 META_COST_FACTOR = 4.0

@@ -40,8 +40,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
-import losses
-from search.config import (
+from evoloss import losses
+from evoloss.search.config import (
     ClusterSection,
     NoiseSection,
     SearchConfig,
@@ -261,8 +261,8 @@ def tuned_grid_points(method: MethodSection) -> list[dict[str, float]]:
 
 
 def _trainer_registry() -> list[str]:
-    from workers.ray_actors import DEFAULT_TRAINER_MODULES, import_trainer_modules
-    from workers.trainer import list_trainers
+    from evoloss.workers.ray_actors import DEFAULT_TRAINER_MODULES, import_trainer_modules
+    from evoloss.workers.trainer import list_trainers
 
     import_trainer_modules(DEFAULT_TRAINER_MODULES)
     return list_trainers()
@@ -271,7 +271,7 @@ def _trainer_registry() -> list[str]:
 def build_trainer(method: MethodSection) -> tuple[Any, losses.LossSpec]:
     """The trainer of a ``trainer`` method with its options, and the base loss spec its jobs carry
     (``family``/``params``, else the trainer's ``default_spec()``, else CE)."""
-    from workers.trainer import create_trainer
+    from evoloss.workers.trainer import create_trainer
 
     trainer = create_trainer(method.trainer, **dict(method.options or {}))
     if method.family is not None:
@@ -325,10 +325,10 @@ def _check_method(i: int, method: MethodSection, meta_per_class: int) -> MethodS
 # --- task-group checks ---------------------------------------------------------------------------
 def _check_registries(path: str, group: TaskGroupSection) -> None:
     """Dataset, architecture and noise names against the workers' registries (as the search config does)."""
-    from workers.archs import get_arch
-    from workers.datasets import get_dataset_entry
-    from workers.noise import validate_noise_spec
-    from workers.task import NoiseSpec
+    from evoloss.workers.archs import get_arch
+    from evoloss.workers.datasets import get_dataset_entry
+    from evoloss.workers.noise import validate_noise_spec
+    from evoloss.workers.task import NoiseSpec
 
     specs = [NoiseSpec(kind=n.type, rate=n.rate, convention=n.convention, imbalance=n.imbalance) for n in group.noise]
     for key, check, values in (("datasets", get_dataset_entry, group.datasets), ("archs", get_arch, group.archs),
@@ -406,7 +406,7 @@ def parse_compare_config(data: Mapping[str, Any]) -> CompareConfig:
 # --- loading -------------------------------------------------------------------------------------
 def list_compare_presets() -> list[str]:
     """Names of the compare presets shipped in ``search/compare_presets/`` (without .toml)."""
-    folder = resources.files("search").joinpath(PRESET_FOLDER)
+    folder = resources.files("evoloss.search").joinpath(PRESET_FOLDER)
     return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
@@ -451,7 +451,7 @@ def load_compare_config(path: str | Path | None = None, preset: str | None = Non
     if preset is not None:
         if preset not in list_compare_presets():
             raise _unknown_name("--preset", str(preset), list_compare_presets())
-        text = resources.files("search").joinpath(PRESET_FOLDER, f"{preset}.toml").read_text(encoding="utf-8")
+        text = resources.files("evoloss.search").joinpath(PRESET_FOLDER, f"{preset}.toml").read_text(encoding="utf-8")
         data = _read_toml(text, f"compare preset {preset!r}")
     if path is not None:
         file = Path(path)

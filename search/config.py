@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
-import losses
+from evoloss import losses
 
 _NONE_MEANS = "unset"
 
@@ -256,19 +256,19 @@ def _check_registries(config: SearchConfig) -> None:
     if losses.get_family(name).dim == 0:
         searchable = [n for n in losses.list_losses() if losses.get_family(n).dim > 0]
         raise _error("search.family", "has no parameters to search", name, f"choose one of {', '.join(searchable)}")
-    from workers.task import NoiseSpec
+    from evoloss.workers.task import NoiseSpec
 
-    checks: list[tuple[str, str, Any]] = [("workers.datasets", "get_dataset_entry", config.grid.datasets),
-                                          ("workers.archs", "get_arch", config.grid.archs)]
+    checks: list[tuple[str, str, Any]] = [("evoloss.workers.datasets", "get_dataset_entry", config.grid.datasets),
+                                          ("evoloss.workers.archs", "get_arch", config.grid.archs)]
     specs = tuple(NoiseSpec(kind=n.type, rate=n.rate, convention=n.convention, imbalance=n.imbalance)
                   for n in config.grid.noise)
-    checks.append(("workers.noise", "validate_noise_spec", specs))
+    checks.append(("evoloss.workers.noise", "validate_noise_spec", specs))
     for module, function, values in checks:
         try:
             check = getattr(importlib.import_module(module), function)
         except ImportError:  # that part of workers is not installed: checked when tasks materialise
             continue
-        path = {"workers.datasets": "grid.datasets", "workers.archs": "grid.archs"}.get(module, "grid.noise")
+        path = {"evoloss.workers.datasets": "grid.datasets", "evoloss.workers.archs": "grid.archs"}.get(module, "grid.noise")
         for i, value in enumerate(values):
             try:
                 check(value)
@@ -296,7 +296,7 @@ def initial_genome(config: SearchConfig) -> list[float]:
 # --- loading -------------------------------------------------------------------------------------
 def list_presets() -> list[str]:
     """Names of the presets shipped in ``search/presets/`` (file names without .toml)."""
-    folder = resources.files("search").joinpath("presets")
+    folder = resources.files("evoloss.search").joinpath("presets")
     return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
@@ -341,7 +341,7 @@ def load_config(
     if preset is not None:
         if preset not in list_presets():
             raise _unknown_name("--preset", str(preset), list_presets())
-        text = resources.files("search").joinpath("presets", f"{preset}.toml").read_text(encoding="utf-8")
+        text = resources.files("evoloss.search").joinpath("presets", f"{preset}.toml").read_text(encoding="utf-8")
         data = _read_toml(text, f"preset {preset!r}")
     if path is not None:
         file = Path(path)

@@ -21,17 +21,17 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-import losses
-from losses import LossSpec
-from losses.versions import evoloss_version
-from results.schema import SCHEMA_VERSION
-from results.store import ResultStore
-from search.config import SearchConfig, config_dict, initial_genome
-from search.grid import fitness_from_rows, grid_from_config, metric_column
-from search.strategy import CMAStrategy
-from workers.ray_actors import Job
-from workers.noise import convention_name
-from workers.task import Task
+from evoloss import losses
+from evoloss.losses import LossSpec
+from evoloss.losses.versions import evoloss_version
+from evoloss.results.schema import SCHEMA_VERSION
+from evoloss.results.store import ResultStore
+from evoloss.search.config import SearchConfig, config_dict, initial_genome
+from evoloss.search.grid import fitness_from_rows, grid_from_config, metric_column
+from evoloss.search.strategy import CMAStrategy
+from evoloss.workers.ray_actors import Job
+from evoloss.workers.noise import convention_name
+from evoloss.workers.task import Task
 
 ProgressFn = Callable[[str], None]
 

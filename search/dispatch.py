@@ -28,9 +28,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from search.ray_runtime import RayActorError, RayError, RayTaskError, ray
+from evoloss.search.ray_runtime import RayActorError, RayError, RayTaskError, ray
 
-from workers.ray_actors import DEFAULT_MATERIALIZER, DEFAULT_TRAINER_MODULES, EvalActor, Job, failure_records
+from evoloss.workers.ray_actors import DEFAULT_MATERIALIZER, DEFAULT_TRAINER_MODULES, EvalActor, Job, failure_records
 
 JOB_STATUSES = ("ok", "failed", "timeout")
 

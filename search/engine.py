@@ -10,10 +10,10 @@ import contextlib
 from pathlib import Path
 from typing import Iterator
 
-from search.config import ClusterSection
-from search.dispatch import ActorPool, PoolConfig
-from search.ray_runtime import start_ray, stop_processes_under
-from search.run_dir import atomic_write_text
+from evoloss.search.config import ClusterSection
+from evoloss.search.dispatch import ActorPool, PoolConfig
+from evoloss.search.ray_runtime import start_ray, stop_processes_under
+from evoloss.search.run_dir import atomic_write_text
 
 RAY_TEMP_RECORD = ".ray-temp-dir"
 

@@ -32,8 +32,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from search.config import SearchConfig
-from workers.task import Budget, NoiseSpec, Splits, Task
+from evoloss.search.config import SearchConfig
+from evoloss.workers.task import Budget, NoiseSpec, Splits, Task
 
 MODES = ("ar", "dr", "ardr")
 METRIC_COLUMNS = {"last": "val_acc_last", "best": "val_acc_best"}

@@ -9,8 +9,8 @@ from __future__ import annotations
 import time
 from typing import Callable, Sequence
 
-from search.dispatch import JobResult
-from workers.ray_actors import Job, JobRunner
+from evoloss.search.dispatch import JobResult
+from evoloss.workers.ray_actors import Job, JobRunner
 
 
 class InProcessPool:

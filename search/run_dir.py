@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from results.store import atomic_write
-from search.config import SearchConfig, load_config, resolved_toml
+from evoloss.results.store import atomic_write
+from evoloss.search.config import SearchConfig, load_config, resolved_toml
 
 CONFIG_NAME = "config.toml"
 

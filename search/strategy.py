@@ -38,7 +38,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import cma
 import numpy as np
 
-from search.cma_state import capture_es, decode_value, encode_value, restore_es
+from evoloss.search.cma_state import capture_es, decode_value, encode_value, restore_es
 
 STATE_FORMAT = "evoloss.cma-strategy/1"
 _OURS = ("popsize", "seed", "bounds", "randn", "verbose", "verb_disp", "verb_log", "signals_filename")

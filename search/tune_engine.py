@@ -48,21 +48,21 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from losses import LossSpec
-from results.store import ResultStore
-from search.config import ClusterSection, SearchConfig
-from search.ray_runtime import ray, tune_api
-from search.coordinator import (
+from evoloss.losses import LossSpec
+from evoloss.results.store import ResultStore
+from evoloss.search.config import ClusterSection, SearchConfig
+from evoloss.search.ray_runtime import ray, tune_api
+from evoloss.search.coordinator import (
     ProgressFn, SearchSummary, _progress_line, _summary, decode_candidates, finish_generation, generation_state,
     make_jobs, make_strategy,
 )
-from search.dispatch import JobResult, actor_count, dispatch_order
-from search.grid import grid_from_config
-from search.ray_runtime import start_ray
-from workers.ray_actors import (
+from evoloss.search.dispatch import JobResult, actor_count, dispatch_order
+from evoloss.search.grid import grid_from_config
+from evoloss.search.ray_runtime import start_ray
+from evoloss.workers.ray_actors import (
     DEFAULT_MATERIALIZER, DEFAULT_TRAINER_MODULES, Job, JobRunner, failure_records, pick_device, threads_for,
 )
-from workers.task import Task
+from evoloss.workers.task import Task
 
 _TUNE = tune_api()
 tune = _TUNE.tune

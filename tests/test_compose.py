@@ -51,6 +51,6 @@ def test_runs_volume_and_gpu_reservation():
 def test_dockerfile_installs_the_package():
     text = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.1\d", text, re.M)
-    for pkg in ("losses", "workers", "results", "search"):
+    for pkg in ("evoloss", "losses", "workers", "results", "search"):
         assert f"COPY {pkg} ./{pkg}" in text
     assert "pip install --no-cache-dir ." in text

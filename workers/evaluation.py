@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from losses import LossSpec, get_family
-from workers.records import EvalRecord
-from workers.task import TaskData
+from evoloss.losses import LossSpec, get_family
+from evoloss.workers.records import EvalRecord
+from evoloss.workers.task import TaskData
 
 EVAL_BATCH_SIZE = 1024
 

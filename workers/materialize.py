@@ -15,10 +15,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from workers.datasets import RawDataset, get_dataset_entry, load_dataset
-from workers.noise import SEMANTIC_MAPS, NoisyLabels, apply_noise, validate_noise_spec
-from workers.splits import SplitIndices, make_splits
-from workers.task import Splits, Task, TaskData
+from evoloss.workers.datasets import RawDataset, get_dataset_entry, load_dataset
+from evoloss.workers.noise import SEMANTIC_MAPS, NoisyLabels, apply_noise, validate_noise_spec
+from evoloss.workers.splits import SplitIndices, make_splits
+from evoloss.workers.task import Splits, Task, TaskData
 
 NOISE_SEED_OFFSET = 7_919  # keeps the noise streams apart from the split stream of the same seed
 
@@ -81,7 +81,7 @@ def _noisy(task: Task, raw: RawDataset, rows: np.ndarray, *, stream: int, class_
 
 def _class_map(dataset: str) -> dict[int, int]:
     """The semantic class map of ``dataset``; ValueError listing the datasets that have one."""
-    from workers.datasets import list_datasets
+    from evoloss.workers.datasets import list_datasets
 
     entry = get_dataset_entry(dataset)
     if entry.semantic_map is None:

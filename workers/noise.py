@@ -30,7 +30,7 @@ from typing import Callable, Mapping
 import numpy as np
 from scipy.special import ndtr, ndtri
 
-from workers.task import NoiseSpec
+from evoloss.workers.task import NoiseSpec
 
 NOISE_KINDS = ("none", "symmetric", "asymmetric", "instance", "longtail")
 # An empty ``NoiseSpec.convention`` means the kind's default, written out in every record.

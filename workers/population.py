@@ -32,17 +32,17 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from losses import LossSpec
-from workers.archs import check_arch, create_arch
-from workers.evaluation import EVAL_BATCH_SIZE, EpochMetrics, EvalSplits, RunHistory, failed_record
-from workers.population_loss import MemberLosses
-from workers.population_optim import clip_member_grad_norms, create_stacked_optimizer
-from workers.population_stack import StackedNet, UnsupportedArchitecture
-from workers.protocol import OptimSpec, batches, init_seed, lr_at, resolve_optimizer
-from workers.records import EvalRecord
-from workers.standard import StandardTrainer, deterministic_mode, validate_inputs
-from workers.task import Task, TaskData
-from workers.trainer import register_trainer
+from evoloss.losses import LossSpec
+from evoloss.workers.archs import check_arch, create_arch
+from evoloss.workers.evaluation import EVAL_BATCH_SIZE, EpochMetrics, EvalSplits, RunHistory, failed_record
+from evoloss.workers.population_loss import MemberLosses
+from evoloss.workers.population_optim import clip_member_grad_norms, create_stacked_optimizer
+from evoloss.workers.population_stack import StackedNet, UnsupportedArchitecture
+from evoloss.workers.protocol import OptimSpec, batches, init_seed, lr_at, resolve_optimizer
+from evoloss.workers.records import EvalRecord
+from evoloss.workers.standard import StandardTrainer, deterministic_mode, validate_inputs
+from evoloss.workers.task import Task, TaskData
+from evoloss.workers.trainer import register_trainer
 
 BACKWARDS = ("auto", "manual", "autograd")
 PROBE_ROWS = 8  # training rows used to check the stacked forward against each member's own
@@ -104,7 +104,7 @@ class PopulationTrainer:
         if not specs:
             return []
         if data is None:
-            from workers.materialize import materialize  # the data layer; imported only when needed
+            from evoloss.workers.materialize import materialize  # the data layer; imported only when needed
 
             data = materialize(task)
         check_arch(task.arch, tuple(data.input_shape), data.num_classes)

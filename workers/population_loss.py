@@ -18,7 +18,7 @@ from typing import Sequence
 
 import torch
 
-from losses import LossSpec, get_family
+from evoloss.losses import LossSpec, get_family
 
 GROUPINGS = ("family", "member")
 

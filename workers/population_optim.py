@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-from workers.protocol import OptimSpec
+from evoloss.workers.protocol import OptimSpec
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from workers.task import Budget
+from evoloss.workers.task import Budget
 
 # architecture -> (optimizer, lr, momentum); anything not listed uses the default
 _ARCH_PROTOCOL: dict[str, tuple[str, float, float]] = {

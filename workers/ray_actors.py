@@ -25,23 +25,23 @@ from typing import Any, Callable, Mapping, Sequence
 
 import ray
 
-from losses import LossSpec
-from workers.records import EVAL_RECORD_FIELDS, STATUSES, EvalRecord
-from workers.task import Budget, Task, TaskData
-from workers.trainer import create_trainer
+from evoloss.losses import LossSpec
+from evoloss.workers.records import EVAL_RECORD_FIELDS, STATUSES, EvalRecord
+from evoloss.workers.task import Budget, Task, TaskData
+from evoloss.workers.trainer import create_trainer
 
 RECORD_IDENTITY_FIELDS = ("job_id", "candidate", "task_key", "host", "node_ip", "worker_pid")
 """Keys every result dict carries besides the `EvalRecord` fields."""
 
-DEFAULT_MATERIALIZER = "workers.materialize:materialize"
+DEFAULT_MATERIALIZER = "evoloss.workers.materialize:materialize"
 DEFAULT_TRAINER_MODULES = (
-    "workers.standard",
-    "workers.population",
-    "workers.meta.adaptive",
-    "workers.meta.narl",
-    "workers.meta.l2b",
-    "workers.meta.dynamic",
-    "workers.meta.mwnet",
+    "evoloss.workers.standard",
+    "evoloss.workers.population",
+    "evoloss.workers.meta.adaptive",
+    "evoloss.workers.meta.narl",
+    "evoloss.workers.meta.l2b",
+    "evoloss.workers.meta.dynamic",
+    "evoloss.workers.meta.mwnet",
 )
 """Modules whose import registers the built-in trainers; an absent one is skipped and reported."""
 
@@ -158,7 +158,7 @@ def task_provenance(data: TaskData) -> dict[str, Any]:
     """What the worker realised for a task and which versions ran it (recorded on every row)."""
     import torch
 
-    from losses.versions import evoloss_version
+    from evoloss.losses.versions import evoloss_version
 
     return {"noise_rate_realised": float(data.noise_rate), "noise_convention": data.noise_convention,
             "torch_version": str(torch.__version__), "evoloss_version": evoloss_version()}

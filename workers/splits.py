@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from workers.noise import longtail_class_counts
-from workers.task import Splits
+from evoloss.workers.noise import longtail_class_counts
+from evoloss.workers.task import Splits
 
 SPLIT_STREAM = 0  # the stream of the task seed that draws the pool permutation
 

@@ -30,10 +30,10 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from losses import LossSpec, create_loss
-from losses.module import Loss
-from workers.archs import check_arch, create_arch, get_arch
-from workers.evaluation import (
+from evoloss.losses import LossSpec, create_loss
+from evoloss.losses.module import Loss
+from evoloss.workers.archs import check_arch, create_arch, get_arch
+from evoloss.workers.evaluation import (
     EVAL_BATCH_SIZE,
     EvalSplits,
     RunHistory,
@@ -41,10 +41,10 @@ from workers.evaluation import (
     evaluate_splits,
     failed_record,
 )
-from workers.protocol import OptimSpec, batches, init_seed, lr_at, resolve_optimizer
-from workers.records import EvalRecord
-from workers.task import Budget, Task, TaskData
-from workers.trainer import register_trainer
+from evoloss.workers.protocol import OptimSpec, batches, init_seed, lr_at, resolve_optimizer
+from evoloss.workers.records import EvalRecord
+from evoloss.workers.task import Budget, Task, TaskData
+from evoloss.workers.trainer import register_trainer
 
 BatchLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -90,7 +90,7 @@ class StandardTrainer:
         losses = validate_inputs(task, specs)
         optim = resolve_optimizer(task.arch, task.budget)
         if data is None:
-            from workers.materialize import materialize  # the data layer; imported only when needed
+            from evoloss.workers.materialize import materialize  # the data layer; imported only when needed
 
             data = materialize(task)
         check_arch(task.arch, tuple(data.input_shape), data.num_classes)

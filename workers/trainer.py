@@ -13,9 +13,9 @@ from __future__ import annotations
 import difflib
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
-from losses import LossSpec
-from workers.records import EvalRecord
-from workers.task import Task, TaskData
+from evoloss.losses import LossSpec
+from evoloss.workers.records import EvalRecord
+from evoloss.workers.task import Task, TaskData
 
 
 @runtime_checkable

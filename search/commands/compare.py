@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from results.store import ParquetStore
-from search.compare import CompareSummary, run_compare
-from search.compare_config import CompareConfig, list_compare_presets, load_compare_config, resolved_compare_toml
-from search.cli import progress_writer
-from search.config import parse_override
-from search.run_dir import CONFIG_NAME, atomic_write_text, check_new_run_dir, run_id_of
+from evoloss.results.store import ParquetStore
+from evoloss.search.compare import CompareSummary, run_compare
+from evoloss.search.compare_config import CompareConfig, list_compare_presets, load_compare_config, resolved_compare_toml
+from evoloss.search.cli import progress_writer
+from evoloss.search.config import parse_override
+from evoloss.search.run_dir import CONFIG_NAME, atomic_write_text, check_new_run_dir, run_id_of
 
 NAME = "compare"
 HELP = "compare hand-designed, evolved and meta-learned losses on the same tasks (rows for evoloss report)"
@@ -44,7 +44,7 @@ def resolve(args: argparse.Namespace) -> tuple[CompareConfig, Path]:
 
 def execute(config: CompareConfig, run_dir: Path, *, address: str | None = None) -> CompareSummary:
     """Run the compare of ``config`` into the new ``run_dir`` on the Ray actor pool."""
-    from search.engine import evaluation_pool  # imports ray: only when a compare really runs
+    from evoloss.search.engine import evaluation_pool  # imports ray: only when a compare really runs
 
     atomic_write_text(run_dir / CONFIG_NAME, resolved_compare_toml(config))
     with evaluation_pool(config.cluster, run_dir, address=address) as pool:

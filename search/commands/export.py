@@ -4,14 +4,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from losses.plugin import export_plugin, validate_plugin_name
-from losses import LossSpec
-from losses.versions import evoloss_version
-from results.store import ParquetStore
-from search.config import config_dict
-from search.coordinator import best_candidate, decode_candidates
-from search.strategy import CMAStrategy
-from search.run_dir import load_run_config, run_id_of
+from evoloss.losses.plugin import export_plugin, validate_plugin_name
+from evoloss.losses import LossSpec
+from evoloss.losses.versions import evoloss_version
+from evoloss.results.store import ParquetStore
+from evoloss.search.config import config_dict
+from evoloss.search.coordinator import best_candidate, decode_candidates
+from evoloss.search.strategy import CMAStrategy
+from evoloss.search.run_dir import load_run_config, run_id_of
 
 NAME = "export"
 HELP = "export the best candidate of a search run as a loss plug-in (loss.json + standalone .py)"

@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from losses.plugin import read_loss_file
-from losses.registry import LossSpec
-from results.loss_shapes import plot_loss_shapes
+from evoloss.losses.plugin import read_loss_file
+from evoloss.losses.registry import LossSpec
+from evoloss.results.loss_shapes import plot_loss_shapes
 
 NAME = "plot-loss"
 HELP = "Draw loss vs predicted probability (gao-arl Fig. 2 style) for one or more loss specs into a PNG."

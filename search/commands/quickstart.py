@@ -13,13 +13,13 @@ import argparse
 import shutil
 from pathlib import Path
 
-from results.report import write_report
-from search.commands import compare as compare_cmd
-from search.commands import search as search_cmd
-from search.commands.export import export_best
-from search.compare_config import load_compare_config
-from search.config import load_config, parse_override
-from search.run_dir import create_run_dir, load_run_config
+from evoloss.results.report import write_report
+from evoloss.search.commands import compare as compare_cmd
+from evoloss.search.commands import search as search_cmd
+from evoloss.search.commands.export import export_best
+from evoloss.search.compare_config import load_compare_config
+from evoloss.search.config import load_config, parse_override
+from evoloss.search.run_dir import create_run_dir, load_run_config
 
 NAME = "quickstart"
 HELP = "run the main job: a quick search, export of the best loss, and a comparison on held-out tasks"

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from results.report import REPORT_NAME, write_report
-from results.tables import METRICS
+from evoloss.results.report import REPORT_NAME, write_report
+from evoloss.results.tables import METRICS
 
 NAME = "report"
 HELP = "Write report.md (protocol, accuracy tables, average ranks, cost) and PNG figures for a compare or search run."

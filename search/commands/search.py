@@ -4,11 +4,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from results.store import ParquetStore
-from search.cli import progress_writer
-from search.config import SearchConfig, load_config, parse_override, resolved_toml
-from search.coordinator import SearchSummary, run_search
-from search.run_dir import atomic_write_text, create_run_dir, load_run_config, run_id_of
+from evoloss.results.store import ParquetStore
+from evoloss.search.cli import progress_writer
+from evoloss.search.config import SearchConfig, load_config, parse_override, resolved_toml
+from evoloss.search.coordinator import SearchSummary, run_search
+from evoloss.search.run_dir import atomic_write_text, create_run_dir, load_run_config, run_id_of
 
 NAME = "search"
 _RESUME_MAY_SET = ("search.generations", "grid.data_dir")  # plus cluster.*: where, not what, it runs
@@ -71,11 +71,11 @@ def execute(config: SearchConfig, run_dir: Path, *, address: str | None = None) 
     store = ParquetStore(run_dir)
     progress = progress_writer()
     if config.cluster.engine == "tune":
-        from search.tune_engine import run_search_tune
+        from evoloss.search.tune_engine import run_search_tune
 
         return run_search_tune(config, store, run_id=run_id_of(run_dir), run_dir=run_dir, address=address,
                                progress=progress)
-    from search.engine import evaluation_pool
+    from evoloss.search.engine import evaluation_pool
 
     with evaluation_pool(config.cluster, run_dir, address=address) as pool:
         return run_search(config, pool, store, run_id=run_id_of(run_dir), progress=progress)

@@ -5,9 +5,9 @@ import argparse
 import json
 from pathlib import Path
 
-from results.store import ParquetStore
-from search.coordinator import best_candidate
-from search.run_dir import load_run_config
+from evoloss.results.store import ParquetStore
+from evoloss.search.coordinator import best_candidate
+from evoloss.search.run_dir import load_run_config
 
 NAME = "status"
 HELP = "show the progress, best candidate and failures of a search run"

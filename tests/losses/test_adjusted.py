@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-import losses
-from losses.adjusted import AdjustedLoss, read_adjusted_plugin, snapshot_index
-from losses.plugin import load_loss, plugin_class_name, read_loss_file, read_plugin
+from evoloss import losses
+from evoloss.losses.adjusted import AdjustedLoss, read_adjusted_plugin, snapshot_index
+from evoloss.losses.plugin import load_loss, plugin_class_name, read_loss_file, read_plugin
 
 HIDDEN = 7
 # (family, learned names, offsets, scales): NARL's output ranges (workers/meta/narl_adjuster.output_ranges).

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from losses import LossSpec, create_loss, get_family
-from losses.bitempered import tempered_log_softmax
+from evoloss.losses import LossSpec, create_loss, get_family
+from evoloss.losses.bitempered import tempered_log_softmax
 
 
 def _exp_t(x: np.ndarray, t: float) -> np.ndarray:

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from losses import LossSpec, create_loss
+from evoloss.losses import LossSpec, create_loss
 
 RNG_SEED = 20240611
 
@@ -181,7 +181,7 @@ def test_js_pi1_to_zero_ratio_to_ce_approaches_one():
     """ℓ_JS/CE → 1 as π1 → 0. The valid range stops at π1 = 0.05 (losses/js.py); there the ratio is
     within 4% of 1 where p_y ≥ 0.2 (JS is bounded, so it falls short where p_y ≪ π1). Below the range
     (calling the function directly) the ratio keeps converging for every sample."""
-    from losses import get_family
+    from evoloss.losses import get_family
 
     fn = get_family("js").fn
     p_y = np.array([0.9, 0.5, 0.2, 0.1, 0.01, 1e-3])
@@ -198,7 +198,7 @@ def test_js_pi1_to_zero_ratio_to_ce_approaches_one():
 
 
 def test_js_pi1_to_one_approaches_reduced_mae():
-    from losses import get_family
+    from evoloss.losses import get_family
 
     z, y = _batch()
     out = get_family("js").fn(torch.tensor(z), torch.tensor(y), pi1=1 - 1e-9).numpy()

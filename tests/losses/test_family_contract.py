@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from losses import LossSpec, create_loss, get_family, list_losses
+from evoloss.losses import LossSpec, create_loss, get_family, list_losses
 
 ALL = list_losses()
 WITH_PARAMS = [n for n in ALL if get_family(n).dim > 0]

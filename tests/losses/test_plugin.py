@@ -15,10 +15,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import losses  # noqa: F401  (registers every family)
-from losses import registry
-from losses.module import create_loss
-from losses.plugin import (
+from evoloss import losses  # noqa: F401  (registers every family)
+from evoloss.losses import registry
+from evoloss.losses.module import create_loss
+from evoloss.losses.plugin import (
     export_plugin,
     load_loss,
     plugin_class_name,
@@ -26,7 +26,7 @@ from losses.plugin import (
     read_plugin,
     standalone_source,
 )
-from losses.registry import Family, LossSpec, Param, get_family, list_losses
+from evoloss.losses.registry import Family, LossSpec, Param, get_family, list_losses
 
 TEST_FAMILY = "plugintest_scaled"
 _MODULE_SCALE = 2.0
@@ -152,7 +152,7 @@ def test_overwrite_replaces_the_whole_directory(tmp_path: Path) -> None:
 
 
 def test_failed_export_leaves_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import losses.plugin as plugin
+    import evoloss.losses.plugin as plugin
 
     calls: list[Path] = []
 

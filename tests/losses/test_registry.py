@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from losses import LossSpec, Param, create_loss, get_family, list_losses, register_family
+from evoloss.losses import LossSpec, Param, create_loss, get_family, list_losses, register_family
 
 
 def test_duplicate_name_raises():
@@ -82,7 +82,7 @@ def test_spec_roundtrip_and_hash():
 
 
 def test_private_families_are_creatable_but_not_listed(monkeypatch):
-    from losses import registry
+    from evoloss.losses import registry
 
     monkeypatch.setitem(registry._FAMILIES, "_probe", registry.Family("_probe", fn=lambda logits, targets: logits[:, 0]))
     assert "_probe" not in list_losses() and "_probe" in list_losses(include_private=True)

@@ -8,8 +8,8 @@ import pytest
 import sympy
 import torch
 
-from losses import LossSpec, create_loss, get_family
-from losses import taylor
+from evoloss.losses import LossSpec, create_loss, get_family
+from evoloss.losses import taylor
 
 P, Y = sympy.symbols("p y")
 THETA = sympy.symbols("theta0:12")

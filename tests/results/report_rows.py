@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from results.schema import SCHEMA_VERSION
-from results.store import ParquetStore
+from evoloss.results.schema import SCHEMA_VERSION
+from evoloss.results.store import ParquetStore
 
 RUN_ID = "cmp-test"
 SEEDS = (0, 1, 2)

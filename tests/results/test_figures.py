@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from matplotlib.image import imread
 
-from losses import LossSpec
-from results.figures import (
+from evoloss.losses import LossSpec
+from evoloss.results.figures import (
     mean_curves,
     method_loss_specs,
     noise_panels,
@@ -19,8 +19,8 @@ from results.figures import (
     plot_method_loss_shapes,
     plot_search_progress,
 )
-from results.store import ParquetStore
-from results.tables import with_tasks
+from evoloss.results.store import ParquetStore
+from evoloss.results.tables import with_tasks
 from tests.results.report_rows import base_row, compare_rows, write_search_run
 
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from matplotlib.image import imread
 
-from losses import LossSpec, get_family, list_losses
-from results.loss_shapes import loss_shape_curves, plot_loss_shapes, probability_grid, shape_logits
+from evoloss.losses import LossSpec, get_family, list_losses
+from evoloss.results.loss_shapes import loss_shape_curves, plot_loss_shapes, probability_grid, shape_logits
 
 
 def test_grid_is_strictly_inside_the_unit_interval() -> None:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from results.report import REPORT_NAME, build_report, read_run, run_kinds, write_report
-from results.store import ParquetStore
+from evoloss.results.report import REPORT_NAME, build_report, read_run, run_kinds, write_report
+from evoloss.results.store import ParquetStore
 from tests.results.report_rows import (
     TASK_LABELS,
     compare_generation_row,

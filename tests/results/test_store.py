@@ -12,15 +12,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from results.schema import (
+from evoloss.results.schema import (
     EVAL_SCHEMA,
     GENERATION_SCHEMA,
     SCHEMA_VERSION,
     STATUSES,
     rows_to_table,
 )
-from results.store import MemoryStore, ParquetStore, ResultStore
-from workers.records import EVAL_RECORD_FIELDS, STATUSES as RECORD_STATUSES, EvalRecord
+from evoloss.results.store import MemoryStore, ParquetStore, ResultStore
+from evoloss.workers.records import EVAL_RECORD_FIELDS, STATUSES as RECORD_STATUSES, EvalRecord
 
 
 def eval_row(generation: int, candidate: int, **over: object) -> dict:

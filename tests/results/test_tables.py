@@ -8,7 +8,7 @@ import statistics
 import pandas as pd
 import pytest
 
-from results.tables import (
+from evoloss.results.tables import (
     accuracy_markdown,
     average_rank,
     cell_stats,

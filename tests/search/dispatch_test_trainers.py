@@ -12,11 +12,11 @@ from typing import Sequence
 
 import torch
 
-from losses import LossSpec
-from workers.ray_actors import Job
-from workers.records import EvalRecord
-from workers.task import Budget, NoiseSpec, Task, TaskData
-from workers.trainer import register_trainer
+from evoloss.losses import LossSpec
+from evoloss.workers.ray_actors import Job
+from evoloss.workers.records import EvalRecord
+from evoloss.workers.task import Budget, NoiseSpec, Task, TaskData
+from evoloss.workers.trainer import register_trainer
 
 MATERIALIZER = "tests.search.dispatch_test_trainers:tiny_materialize"
 MODULES = ("tests.search.dispatch_test_trainers",)

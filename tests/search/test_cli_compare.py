@@ -10,9 +10,9 @@ from typing import Any, Iterator
 import pandas as pd
 import pytest
 
-from search.cli import build_parser, main
-from search.compare_config import load_compare_config, resolved_compare_toml
-from search.local_pool import InProcessPool
+from evoloss.search.cli import build_parser, main
+from evoloss.search.compare_config import load_compare_config, resolved_compare_toml
+from evoloss.search.local_pool import InProcessPool
 
 TINY = """
 [compare]
@@ -108,7 +108,7 @@ def test_bad_preset_missing_file_and_used_run_dir(tmp_path: Path, capsys: pytest
 
 
 def test_preset_quick_resolves_to_the_compare_preset(tmp_path: Path) -> None:
-    from search.commands.compare import resolve
+    from evoloss.search.commands.compare import resolve
 
     args = build_parser().parse_args(["compare", "--preset", "quick", "--out", str(tmp_path / "r"),
                                       "--set", "methods.evolved.run_dir=runs/other"])
@@ -125,7 +125,7 @@ def _in_process_pool(cluster: Any, run_dir: Path, *, address: str | None = None)
 
 def test_a_compare_run_writes_rows_config_and_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr("search.engine.evaluation_pool", _in_process_pool)
+    monkeypatch.setattr("evoloss.search.engine.evaluation_pool", _in_process_pool)
     config_file = _config(tmp_path, TINY.replace('[[methods]]\nname = "l2b"\nkind = "trainer"\ntrainer = "l2b"\n', ""))
     out = tmp_path / "run"
     assert main(["compare", str(config_file), "--out", str(out)]) == 0

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from matplotlib.image import imread
 
-from losses.plugin import export_plugin
-from losses.registry import LossSpec
-from search.cli import main
+from evoloss.losses.plugin import export_plugin
+from evoloss.losses.registry import LossSpec
+from evoloss.search.cli import main
 
 
 def _write(path: Path, text: str) -> Path:
@@ -29,7 +29,7 @@ def test_plot_loss_from_a_plugin_and_a_plain_spec(tmp_path: Path, capsys: pytest
 
 
 def test_repeated_labels_are_told_apart(tmp_path: Path) -> None:
-    from search.commands.plot_loss import labelled_specs
+    from evoloss.search.commands.plot_loss import labelled_specs
 
     a = _write(tmp_path / "a.json", json.dumps({"family": "ce"}))
     b = _write(tmp_path / "b.json", json.dumps({"family": "ce"}))

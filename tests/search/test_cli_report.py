@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from matplotlib.image import imread
 
-from results.store import ParquetStore
-from search.cli import COMMANDS, main
+from evoloss.results.store import ParquetStore
+from evoloss.search.cli import COMMANDS, main
 from tests.results.report_rows import write_compare_run, write_search_run
 
 
@@ -16,7 +16,7 @@ def _tree(root: Path) -> list[str]:
 
 
 def test_report_is_registered() -> None:
-    assert "search.commands.report" in COMMANDS
+    assert "evoloss.search.commands.report" in COMMANDS
 
 
 def test_compare_run_report_in_the_default_place(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

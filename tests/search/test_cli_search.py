@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from search.cli import main
+from evoloss.search.cli import main
 
 
 def _write(tmp_path: Path, name: str, text: str) -> str:
@@ -107,9 +107,9 @@ class _no_raise:
 def test_resume_may_extend_generations_but_not_change_the_trajectory(tmp_path, capsys):
     import argparse
 
-    from search.commands.search import add_arguments, resolve
-    from search.config import load_config
-    from search.run_dir import create_run_dir
+    from evoloss.search.commands.search import add_arguments, resolve
+    from evoloss.search.config import load_config
+    from evoloss.search.run_dir import create_run_dir
 
     run = tmp_path / "run"
     create_run_dir(run, load_config(overrides={"search.family": "gce", "search.generations": 2}))

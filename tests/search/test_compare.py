@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 import torch
 
-import losses
-from losses import LossSpec
-from losses.plugin import export_plugin
-from results.schema import SCHEMA_VERSION
-from results.store import MemoryStore, ParquetStore
-from search.compare import (
+from evoloss import losses
+from evoloss.losses import LossSpec
+from evoloss.losses.plugin import export_plugin
+from evoloss.results.schema import SCHEMA_VERSION
+from evoloss.results.store import MemoryStore, ParquetStore
+from evoloss.search.compare import (
     META_COST_FACTOR,
     CompareTask,
     ResolvedMethod,
@@ -37,7 +37,7 @@ from search.compare import (
     summary_table,
     _tuned_record,
 )
-from search.compare_config import (
+from evoloss.search.compare_config import (
     MAX_GRID_POINTS,
     CompareConfig,
     apply_overrides,
@@ -47,13 +47,13 @@ from search.compare_config import (
     resolved_compare_toml,
     tuned_grid_points,
 )
-from search.config import SearchConfig, SearchSection, load_config
-from search.coordinator import record_to_row
-from search.grid import grid_from_config
-from search.local_pool import InProcessPool
-from search.run_dir import create_run_dir
-from workers.records import EvalRecord
-from workers.task import Budget, NoiseSpec, Splits, Task
+from evoloss.search.config import SearchConfig, SearchSection, load_config
+from evoloss.search.coordinator import record_to_row
+from evoloss.search.grid import grid_from_config
+from evoloss.search.local_pool import InProcessPool
+from evoloss.search.run_dir import create_run_dir
+from evoloss.workers.records import EvalRecord
+from evoloss.workers.task import Budget, NoiseSpec, Splits, Task
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NAN_FAMILY = "_test_nan_loss"
@@ -451,10 +451,10 @@ def test_resolve_method_never_raises_for_a_bad_plugin(tmp_path: Path) -> None:
 # --- the same seeded compare in a fresh process ----------------------------------------------------
 _FRESH = """
 import json, sys
-from results.store import MemoryStore
-from search.compare import run_compare
-from search.compare_config import load_compare_config
-from search.local_pool import InProcessPool
+from evoloss.results.store import MemoryStore
+from evoloss.search.compare import run_compare
+from evoloss.search.compare_config import load_compare_config
+from evoloss.search.local_pool import InProcessPool
 store = MemoryStore()
 summary = run_compare(load_compare_config(sys.argv[1]), InProcessPool(), store, run_id="r")
 df = store.read()

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from search.config import (
+from evoloss.search.config import (
     SearchConfig,
     config_dict,
     initial_genome,
@@ -18,8 +18,8 @@ from search.config import (
     parse_override,
     resolved_toml,
 )
-from search.grid import grid_from_config
-import losses
+from evoloss.search.grid import grid_from_config
+from evoloss import losses
 
 BASE: dict[str, Any] = {
     "search": {"family": "gce", "popsize": 6, "sigma0": 0.5, "generations": 3, "seed": 1},

@@ -7,13 +7,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from losses.plugin import load_loss
-from results.store import MemoryStore, ParquetStore
-from search.config import load_config
-from search.coordinator import best_candidate, make_jobs, run_search
-from search.dispatch import JobResult
-from search.local_pool import InProcessPool
-from workers.ray_actors import failure_records
+from evoloss.losses.plugin import load_loss
+from evoloss.results.store import MemoryStore, ParquetStore
+from evoloss.search.config import load_config
+from evoloss.search.coordinator import best_candidate, make_jobs, run_search
+from evoloss.search.dispatch import JobResult
+from evoloss.search.local_pool import InProcessPool
+from evoloss.workers.ray_actors import failure_records
 
 TINY = {
     "search.family": "gce", "search.popsize": 4, "search.generations": 3, "search.seed": 3,
@@ -86,8 +86,8 @@ def test_failed_and_timed_out_jobs_never_stop_the_search():
 
 
 def test_make_jobs_splits_candidates_to_fill_actors():
-    from losses import LossSpec
-    from workers.task import Task
+    from evoloss.losses import LossSpec
+    from evoloss.workers.task import Task
 
     specs = [LossSpec("ce")] * 8
     one = make_jobs(0, [Task("digits", "mlp2")], specs, "population", actors=4)
@@ -98,8 +98,8 @@ def test_make_jobs_splits_candidates_to_fill_actors():
 
 
 def test_export_best_is_loadable(tmp_path):
-    from search.commands.export import export_best
-    from search.run_dir import create_run_dir
+    from evoloss.search.commands.export import export_best
+    from evoloss.search.run_dir import create_run_dir
 
     config = _config(**{"search.generations": 1})
     run = tmp_path / "run"
@@ -112,10 +112,10 @@ def test_export_best_is_loadable(tmp_path):
 
 
 def test_export_pick_mean_is_the_decoded_cmaes_mean(tmp_path):
-    from search.commands.export import export_best, picked_spec
-    from search.coordinator import decode_candidates
-    from search.run_dir import create_run_dir
-    from search.strategy import CMAStrategy
+    from evoloss.search.commands.export import export_best, picked_spec
+    from evoloss.search.coordinator import decode_candidates
+    from evoloss.search.run_dir import create_run_dir
+    from evoloss.search.strategy import CMAStrategy
 
     config = _config(**{"search.generations": 1})
     run = tmp_path / "run"

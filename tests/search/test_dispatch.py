@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import ray
 
-from losses import LossSpec
-from search.dispatch import ActorPool, JobResult, PoolConfig, actor_count, dispatch_order
-from search.ray_runtime import embedded_ray_pids, is_loopback, listening_sockets, start_ray
+from evoloss.losses import LossSpec
+from evoloss.search.dispatch import ActorPool, JobResult, PoolConfig, actor_count, dispatch_order
+from evoloss.search.ray_runtime import embedded_ray_pids, is_loopback, listening_sockets, start_ray
 from tests.search import dispatch_test_trainers as tt
-from workers.ray_actors import (
+from evoloss.workers.ray_actors import (
     EVAL_RECORD_FIELDS,
     RECORD_IDENTITY_FIELDS,
     UNCAPPED_TRAIN_ROWS,
@@ -24,7 +24,7 @@ from workers.ray_actors import (
     resolve_callable,
     threads_for,
 )
-from workers.task import Budget, Splits, Task
+from evoloss.workers.task import Budget, Splits, Task
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _task = tt.make_task

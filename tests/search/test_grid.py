@@ -6,8 +6,8 @@ import math
 import pandas as pd
 import pytest
 
-from search.grid import TaskGrid, fitness_from_rows, metric_column
-from workers.task import Budget, NoiseSpec, Task
+from evoloss.search.grid import TaskGrid, fitness_from_rows, metric_column
+from evoloss.workers.task import Budget, NoiseSpec, Task
 
 SYM80 = NoiseSpec(kind="symmetric", rate=0.8, convention="exact")
 ASYM40 = NoiseSpec(kind="asymmetric", rate=0.4, convention="pairflip")

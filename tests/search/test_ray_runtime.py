@@ -15,8 +15,8 @@ import pytest
 import ray
 import psutil  # after ray: it ships in ray/thirdparty_files
 
-from search.dispatch import ActorPool, PoolConfig
-from search.ray_runtime import (
+from evoloss.search.dispatch import ActorPool, PoolConfig
+from evoloss.search.ray_runtime import (
     MAX_TEMP_DIR_LEN,
     check_address,
     embedded_ray_pids,
@@ -126,7 +126,7 @@ import json, os, sys
 import ray
 from ray._private import ray_constants
 switch_at_import = ray_constants.ENABLE_RAY_CLUSTER
-from search.ray_runtime import embedded_ray_pids, is_loopback, listening_sockets, start_ray
+from evoloss.search.ray_runtime import embedded_ray_pids, is_loopback, listening_sockets, start_ray
 with start_ray(num_cpus=1, temp_dir=sys.argv[1]) as rt:
     outside = [s.ip for s in listening_sockets(embedded_ray_pids()) if not is_loopback(s.ip)]
     auth = os.environ.get("RAY_AUTH_MODE")

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from search.ray_runtime import processes_under  # also puts the psutil that ships with ray on sys.path
+from evoloss.search.ray_runtime import processes_under  # also puts the psutil that ships with ray on sys.path
 import psutil
 import pytest
 
@@ -52,7 +52,7 @@ def short_dir():
 
 
 def _kill_ray_under(path: Path) -> None:
-    from search.ray_runtime import stop_processes_under
+    from evoloss.search.ray_runtime import stop_processes_under
 
     for sub in path.glob("*/ray"):
         stop_processes_under(sub)
@@ -60,7 +60,7 @@ def _kill_ray_under(path: Path) -> None:
 
 def _search(*args: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    return subprocess.Popen([sys.executable, "-m", "search", "search", *args], env=env,
+    return subprocess.Popen([sys.executable, "-m", "evoloss", "search", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from search.strategy import CMAStrategy
+from evoloss.search.strategy import CMAStrategy
 
 
 def sphere_fitness(genomes: np.ndarray) -> list[float]:

@@ -16,18 +16,18 @@ import ray  # noqa: F401  (before psutil, which ships in ray/thirdparty_files)
 import psutil
 from ray.tune.search import Searcher
 
-from results.store import MemoryStore, ParquetStore
-from search.config import SearchConfig, load_config
-from search.coordinator import run_search
-from search.dispatch import ActorPool, PoolConfig
-from search.local_pool import InProcessPool
-from search.ray_runtime import start_ray
-from search.tune_engine import (
+from evoloss.results.store import MemoryStore, ParquetStore
+from evoloss.search.config import SearchConfig, load_config
+from evoloss.search.coordinator import run_search
+from evoloss.search.dispatch import ActorPool, PoolConfig
+from evoloss.search.local_pool import InProcessPool
+from evoloss.search.ray_runtime import start_ray
+from evoloss.search.tune_engine import (
     TUNE_ENVIRONMENT, CMASearcher, JobTimedOut, TuneEngineOptions, run_job_with_timeout, run_search_tune,
     trial_dirname, trial_name, trial_result,
 )
 from tests.search import dispatch_test_trainers as tt
-from workers.ray_actors import JobRunner
+from evoloss.workers.ray_actors import JobRunner
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY = {

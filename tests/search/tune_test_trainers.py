@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from losses import LossSpec
-from workers.records import EvalRecord
-from workers.task import Task, TaskData
-from workers.trainer import register_trainer
+from evoloss.losses import LossSpec
+from evoloss.workers.records import EvalRecord
+from evoloss.workers.task import Task, TaskData
+from evoloss.workers.trainer import register_trainer
 
 
 def _scores(specs: Sequence[LossSpec]) -> list[EvalRecord]:

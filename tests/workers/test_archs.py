@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from workers.archs import arch_input_kind, check_arch, create_arch, list_archs, register_arch
+from evoloss.workers.archs import arch_input_kind, check_arch, create_arch, list_archs, register_arch
 
 # The input shapes every trainer meets: digits 8×8, MNIST-like 28×28, CIFAR 32×32, mnist1d, flat vectors.
 SHAPES: dict[str, tuple[int, ...]] = {

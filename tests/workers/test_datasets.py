@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-import workers.datasets as ds
-from workers.datasets import mnist1d_local
+import evoloss.workers.datasets as ds
+from evoloss.workers.datasets import mnist1d_local
 
 FILE_BACKED = ["mnist", "fashion_mnist", "kmnist", "usps", "cifar10", "cifar100"]
 

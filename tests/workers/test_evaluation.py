@@ -11,8 +11,8 @@ from torch import nn
 
 import torch.nn.functional as F
 
-from losses import LossSpec, Param, list_losses, register_family
-from workers.evaluation import (
+from evoloss.losses import LossSpec, Param, list_losses, register_family
+from evoloss.workers.evaluation import (
     EpochMetrics,
     EvalSplits,
     RunHistory,
@@ -23,7 +23,7 @@ from workers.evaluation import (
     nonfinite_state,
     record_params,
 )
-from workers.task import TaskData
+from evoloss.workers.task import TaskData
 
 
 def _linear(seed: int = 0) -> tuple[nn.Linear, torch.Tensor, torch.Tensor]:

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from workers.datasets import clear_dataset_cache, load_dataset
-from workers.materialize import materialize
-from workers.splits import make_splits
-from workers.task import NoiseSpec, Splits, Task, TaskData
+from evoloss.workers.datasets import clear_dataset_cache, load_dataset
+from evoloss.workers.materialize import materialize
+from evoloss.workers.splits import make_splits
+from evoloss.workers.task import NoiseSpec, Splits, Task, TaskData
 
 REPO = Path(__file__).resolve().parents[2]
 TENSOR_FIELDS = ("x_train", "y_train", "y_train_clean", "x_val", "y_val", "x_test", "y_test",

@@ -11,7 +11,7 @@ import random
 import numpy as np
 import pytest
 
-from workers.noise import (
+from evoloss.workers.noise import (
     SEMANTIC_MAPS,
     apply_noise,
     convention_name,
@@ -22,7 +22,7 @@ from workers.noise import (
     truncated_normal,
     xia_flip_probabilities,
 )
-from workers.task import NoiseSpec
+from evoloss.workers.task import NoiseSpec
 
 C = 10
 N = 30_000

@@ -13,16 +13,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import losses.gce  # noqa: F401  (registers "gce" whether or not losses/__init__ imports it yet)
-import losses.sce  # noqa: F401
-from losses import LossSpec
-from losses.registry import _FAMILIES, Param, register_family
-from workers.evaluation import EVAL_BATCH_SIZE
-from workers.population import PopulationTrainer
-from workers.records import EvalRecord
-from workers.standard import StandardTrainer
-from workers.task import Budget, Task, TaskData
-from workers.trainer import create_trainer, list_trainers
+import evoloss.losses.gce  # noqa: F401  (registers "gce" whether or not losses/__init__ imports it yet)
+import evoloss.losses.sce  # noqa: F401
+from evoloss.losses import LossSpec
+from evoloss.losses.registry import _FAMILIES, Param, register_family
+from evoloss.workers.evaluation import EVAL_BATCH_SIZE
+from evoloss.workers.population import PopulationTrainer
+from evoloss.workers.records import EvalRecord
+from evoloss.workers.standard import StandardTrainer
+from evoloss.workers.task import Budget, Task, TaskData
+from evoloss.workers.trainer import create_trainer, list_trainers
 
 MIXED = [
     LossSpec("ce"),
@@ -142,7 +142,7 @@ def test_float32_runs_match_standard_within_rounding() -> None:
 
 
 def test_an_error_outside_the_losses_fails_every_member(monkeypatch: pytest.MonkeyPatch) -> None:
-    from workers.population_stack import StackedNet
+    from evoloss.workers.population_stack import StackedNet
 
     calls = {"n": 0}
     original = StackedNet.train_step_grads

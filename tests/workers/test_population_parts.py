@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import losses.gce  # noqa: F401  (registers "gce" whether or not losses/__init__ imports it yet)
-import losses.sce  # noqa: F401
-from losses import LossSpec, create_loss
-from workers.archs import create_arch
-from workers.population_loss import MemberLosses
-from workers.population_optim import StackedAdam, StackedSGD, clip_member_grad_norms, create_stacked_optimizer
-from workers.population_stack import StackedNet, UnsupportedArchitecture
-from workers.protocol import OptimSpec
+import evoloss.losses.gce  # noqa: F401  (registers "gce" whether or not losses/__init__ imports it yet)
+import evoloss.losses.sce  # noqa: F401
+from evoloss.losses import LossSpec, create_loss
+from evoloss.workers.archs import create_arch
+from evoloss.workers.population_loss import MemberLosses
+from evoloss.workers.population_optim import StackedAdam, StackedSGD, clip_member_grad_norms, create_stacked_optimizer
+from evoloss.workers.population_stack import StackedNet, UnsupportedArchitecture
+from evoloss.workers.protocol import OptimSpec
 
 K = 3
 

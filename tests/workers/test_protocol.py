@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workers.protocol import batches, lr_at, resolve_optimizer
-from workers.task import Budget
+from evoloss.workers.protocol import batches, lr_at, resolve_optimizer
+from evoloss.workers.task import Budget
 
 
 def test_architecture_protocols():

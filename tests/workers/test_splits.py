@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from workers.splits import make_splits, split_count
-from workers.task import Splits
+from evoloss.workers.splits import make_splits, split_count
+from evoloss.workers.task import Splits
 
 C = 10
 

@@ -12,12 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from losses import LossSpec, Param, list_losses, register_family
-from workers.archs import create_arch
-from workers.protocol import batches
-from workers.standard import StandardTrainer
-from workers.task import Budget, Task, TaskData
-from workers.trainer import Trainer, create_trainer
+from evoloss.losses import LossSpec, Param, list_losses, register_family
+from evoloss.workers.archs import create_arch
+from evoloss.workers.protocol import batches
+from evoloss.workers.standard import StandardTrainer
+from evoloss.workers.task import Budget, Task, TaskData
+from evoloss.workers.trainer import Trainer, create_trainer
 
 # --- test-only loss families (names prefixed `_test_` so contract suites can skip them) ----------
 # Registered by a fixture at run time, after collection, so suites parametrised over list_losses()
@@ -292,8 +292,8 @@ def test_record_is_json_serialisable() -> None:
 
 
 def test_materialises_the_task_when_no_data_is_given() -> None:
-    from workers.materialize import materialize
-    from workers.task import NoiseSpec
+    from evoloss.workers.materialize import materialize
+    from evoloss.workers.task import NoiseSpec
 
     task = Task("digits", "mlp2", noise=NoiseSpec("symmetric", 0.4, "exact"), budget=Budget(epochs=2), seed=4)
     trainer = StandardTrainer(max_steps=8)
@@ -313,7 +313,7 @@ def test_labels_outside_the_classes_are_rejected() -> None:
 def test_deterministic_mode_sets_and_restores_cuda_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     """The CUDA branch without a GPU: the global setter is recorded instead of called (its first
     call imports torch._inductor, seconds)."""
-    from workers.standard import deterministic_mode
+    from evoloss.workers.standard import deterministic_mode
 
     calls: list[tuple[bool, bool]] = []
     def record(mode: bool, warn_only: bool = False) -> None:

@@ -7,7 +7,7 @@ with ``EVOLOSS_DOWNLOAD=1``): ``mnist``, ``fashion_mnist``, ``kmnist``, ``usps``
 """
 from __future__ import annotations
 
-from workers.datasets.registry import (
+from evoloss.workers.datasets.registry import (
     DatasetEntry,
     DatasetOption,
     RawDataset,
@@ -23,7 +23,7 @@ from workers.datasets.registry import (
 )
 
 # Each source is one module; importing it registers its datasets.
-from workers.datasets import cifar, digits, mnist1d_local, mnist_family, synthetic, usps  # noqa: F401,E402
+from evoloss.workers.datasets import cifar, digits, mnist1d_local, mnist_family, synthetic, usps  # noqa: F401,E402
 
 __all__ = [
     "DatasetEntry",

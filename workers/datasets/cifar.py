@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from workers.datasets.registry import (
+from evoloss.workers.datasets.registry import (
     RawDataset,
     download_requested,
     labels_tensor,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from workers.datasets.registry import RawDataset, labels_tensor, register_dataset, standardise
+from evoloss.workers.datasets.registry import RawDataset, labels_tensor, register_dataset, standardise
 
 
 @register_dataset("digits", semantic_map="digits10")

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from workers.datasets.registry import DatasetOption, RawDataset, labels_tensor, register_dataset, standardise
+from evoloss.workers.datasets.registry import DatasetOption, RawDataset, labels_tensor, register_dataset, standardise
 
 MNIST1D_OPTIONS = {
     "n": DatasetOption(int, 5000, 100, 1_000_000, "total samples (80% train, 20% test), a multiple of 10"),

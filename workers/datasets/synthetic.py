@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from workers.datasets.registry import DatasetOption, RawDataset, labels_tensor, register_dataset, standardise
+from evoloss.workers.datasets.registry import DatasetOption, RawDataset, labels_tensor, register_dataset, standardise
 
 SYNTHETIC_OPTIONS = {
     "n": DatasetOption(int, 4000, 2, 10_000_000, "number of samples, >= c"),

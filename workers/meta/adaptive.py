@@ -26,14 +26,14 @@ from typing import Mapping, Sequence
 
 import torch
 
-from losses import LossSpec, get_family
-from workers.meta.bounds import Bounds
-from workers.meta.lookahead import LookaheadConfig, MetaGradient, apply_meta_gradient, meta_gradient
-from workers.meta.meta_trainer import MetaTrainer, require_float_params
-from workers.meta.method import Batch, MetaMethod
-from workers.meta.training import MetaRun
-from workers.task import Budget
-from workers.trainer import register_trainer
+from evoloss.losses import LossSpec, get_family
+from evoloss.workers.meta.bounds import Bounds
+from evoloss.workers.meta.lookahead import LookaheadConfig, MetaGradient, apply_meta_gradient, meta_gradient
+from evoloss.workers.meta.meta_trainer import MetaTrainer, require_float_params
+from evoloss.workers.meta.method import Batch, MetaMethod
+from evoloss.workers.meta.training import MetaRun
+from evoloss.workers.task import Budget
+from evoloss.workers.trainer import register_trainer
 
 
 PAPER_BUDGET = Budget(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-3, batch_size=100)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from losses import Param
+from evoloss.losses import Param
 
 
 @dataclass(frozen=True)

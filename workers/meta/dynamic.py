@@ -28,14 +28,14 @@ import math
 import torch
 from torch import nn
 
-from losses import LossSpec, get_family
-from workers.evaluation import EVAL_BATCH_SIZE
-from workers.meta.dynamic_sampling import check_fractions, hierarchical_meta_set, rank_bins
-from workers.meta.lookahead import LookaheadConfig, MetaGradient, apply_meta_gradient, meta_gradient
-from workers.meta.meta_trainer import MetaTrainer, require_float_params
-from workers.meta.method import Batch, EpochPlan, MetaMethod, derived_seed, seeded_linear
-from workers.meta.training import MetaRun
-from workers.trainer import register_trainer
+from evoloss.losses import LossSpec, get_family
+from evoloss.workers.evaluation import EVAL_BATCH_SIZE
+from evoloss.workers.meta.dynamic_sampling import check_fractions, hierarchical_meta_set, rank_bins
+from evoloss.workers.meta.lookahead import LookaheadConfig, MetaGradient, apply_meta_gradient, meta_gradient
+from evoloss.workers.meta.meta_trainer import MetaTrainer, require_float_params
+from evoloss.workers.meta.method import Batch, EpochPlan, MetaMethod, derived_seed, seeded_linear
+from evoloss.workers.meta.training import MetaRun
+from evoloss.workers.trainer import register_trainer
 
 
 

@@ -28,12 +28,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from losses import LossSpec, get_family
-from workers.meta.lookahead import LookaheadConfig, MetaGradient, meta_gradient
-from workers.meta.meta_trainer import MetaTrainer, require_float_params
-from workers.meta.method import Batch, MetaMethod
-from workers.meta.training import MetaRun
-from workers.trainer import register_trainer
+from evoloss.losses import LossSpec, get_family
+from evoloss.workers.meta.lookahead import LookaheadConfig, MetaGradient, meta_gradient
+from evoloss.workers.meta.meta_trainer import MetaTrainer, require_float_params
+from evoloss.workers.meta.method import Batch, MetaMethod
+from evoloss.workers.meta.training import MetaRun
+from evoloss.workers.trainer import register_trainer
 
 
 L2B_VARIANTS = ("free", "alpha0", "beta0", "sum1")

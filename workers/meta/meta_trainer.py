@@ -17,12 +17,12 @@ from __future__ import annotations
 import abc
 from typing import Sequence
 
-from losses import LossSpec, get_family
-from workers.meta.lookahead import LookaheadConfig
-from workers.meta.method import MetaMethod
-from workers.meta.training import RunOptions, fit_runs
-from workers.records import EvalRecord
-from workers.task import Task, TaskData
+from evoloss.losses import LossSpec, get_family
+from evoloss.workers.meta.lookahead import LookaheadConfig
+from evoloss.workers.meta.method import MetaMethod
+from evoloss.workers.meta.training import RunOptions, fit_runs
+from evoloss.workers.records import EvalRecord
+from evoloss.workers.task import Task, TaskData
 
 
 class MetaTrainer(abc.ABC):

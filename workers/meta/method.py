@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from workers.meta.lookahead import LookaheadConfig, MetaGradient
+from evoloss.workers.meta.lookahead import LookaheadConfig, MetaGradient
 
 if TYPE_CHECKING:  # the loop imports this module; the type only
-    from workers.meta.training import MetaRun
+    from evoloss.workers.meta.training import MetaRun
 
 
 def derived_seed(seed: int, label: str) -> int:

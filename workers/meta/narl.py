@@ -26,18 +26,18 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from losses import LossSpec, get_family
-from losses.adjusted import adjusted_plugin_at
-from workers.meta.lookahead import LookaheadConfig, MetaGradient, apply_meta_gradient, meta_gradient
-from workers.meta.meta_trainer import MetaTrainer, require_float_params
-from workers.meta.method import Batch, MetaMethod, derived_seed
-from workers.meta.narl_adjuster import Adjuster, adjuster_from_dict, adjuster_to_dict, logit_margin, output_ranges
-from workers.meta.training import MetaRun, check_meta_set, prepare_data
-from workers.protocol import init_seed
-from workers.records import EvalRecord
-from workers.standard import deterministic_mode, seeded_rng
-from workers.task import Task, TaskData
-from workers.trainer import register_trainer
+from evoloss.losses import LossSpec, get_family
+from evoloss.losses.adjusted import adjusted_plugin_at
+from evoloss.workers.meta.lookahead import LookaheadConfig, MetaGradient, apply_meta_gradient, meta_gradient
+from evoloss.workers.meta.meta_trainer import MetaTrainer, require_float_params
+from evoloss.workers.meta.method import Batch, MetaMethod, derived_seed
+from evoloss.workers.meta.narl_adjuster import Adjuster, adjuster_from_dict, adjuster_to_dict, logit_margin, output_ranges
+from evoloss.workers.meta.training import MetaRun, check_meta_set, prepare_data
+from evoloss.workers.protocol import init_seed
+from evoloss.workers.records import EvalRecord
+from evoloss.workers.standard import deterministic_mode, seeded_rng
+from evoloss.workers.task import Task, TaskData
+from evoloss.workers.trainer import register_trainer
 
 NARL_TRAINERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "narl-gce": ("gce", ("q",)),

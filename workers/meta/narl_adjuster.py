@@ -26,9 +26,9 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from losses import get_family
-from workers.meta.bounds import Bounds
-from workers.meta.method import seeded_linear
+from evoloss.losses import get_family
+from evoloss.workers.meta.bounds import Bounds
+from evoloss.workers.meta.method import seeded_linear
 
 ADJUSTER_FORMAT = "evoloss-narl-adjuster"
 ADJUSTER_FORMAT_VERSION = 1

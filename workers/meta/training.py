@@ -21,15 +21,15 @@ from typing import Iterator
 
 import torch
 
-from losses import LossSpec
-from workers.archs import check_arch, create_arch
-from workers.evaluation import EvalSplits, RunHistory, divergence_reason, evaluate_splits, failed_record
-from workers.meta.lookahead import MetaGradient, check_head_only
-from workers.meta.method import Batch, EpochPlan, MetaMethod, derived_seed
-from workers.protocol import batches, init_seed, lr_at, resolve_optimizer
-from workers.records import EvalRecord
-from workers.standard import deterministic_mode, make_optimizer, seeded_rng, validate_inputs
-from workers.task import Task, TaskData
+from evoloss.losses import LossSpec
+from evoloss.workers.archs import check_arch, create_arch
+from evoloss.workers.evaluation import EvalSplits, RunHistory, divergence_reason, evaluate_splits, failed_record
+from evoloss.workers.meta.lookahead import MetaGradient, check_head_only
+from evoloss.workers.meta.method import Batch, EpochPlan, MetaMethod, derived_seed
+from evoloss.workers.protocol import batches, init_seed, lr_at, resolve_optimizer
+from evoloss.workers.records import EvalRecord
+from evoloss.workers.standard import deterministic_mode, make_optimizer, seeded_rng, validate_inputs
+from evoloss.workers.task import Task, TaskData
 
 
 class MetaBatches:
@@ -282,7 +282,7 @@ def prepare_data(task: Task, specs: list[LossSpec], data: TaskData | None, devic
     validate_inputs(task, specs)
     resolve_optimizer(task.arch, task.budget)
     if data is None:
-        from workers.materialize import materialize  # the data layer; imported when first needed
+        from evoloss.workers.materialize import materialize  # the data layer; imported when first needed
 
         data = materialize(task)
     check_arch(task.arch, tuple(data.input_shape), data.num_classes)

@@ -54,7 +54,7 @@ def batches() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
 def tiny_task_data(seed: int = 0, *, n_train: int = 48, n_meta: int = 12, n_eval: int = 24,
                    noise: float = 0.3) -> "TaskData":
     """A 3-class Gaussian-blob task (4 features) with noisy training labels and a clean meta set."""
-    from workers.task import TaskData
+    from evoloss.workers.task import TaskData
 
     g = torch.Generator().manual_seed(seed)
     centres = 2.0 * torch.randn(CLASSES, FEATURES, generator=g)
@@ -77,7 +77,7 @@ def tiny_task_data(seed: int = 0, *, n_train: int = 48, n_meta: int = 12, n_eval
 
 def tiny_task(seed: int = 0, *, epochs: int = 2, batch_size: int = 16, arch: str = "mlp2") -> "Task":
     """A task record matching `tiny_task_data` (the data is passed to fit directly)."""
-    from workers.task import Budget, NoiseSpec, Splits, Task
+    from evoloss.workers.task import Budget, NoiseSpec, Splits, Task
 
     return Task(dataset="tiny-blobs", arch=arch, noise=NoiseSpec("symmetric", 0.3, "exact"),
                 budget=Budget(epochs=epochs, batch_size=batch_size), splits=Splits(meta_total=12), seed=seed)

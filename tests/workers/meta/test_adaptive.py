@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from losses import LossSpec, Param, list_losses, register_family
+from evoloss.losses import LossSpec, Param, list_losses, register_family
 from tests.workers.meta.conftest import central_difference, tiny_batches, tiny_mlp, tiny_task, tiny_task_data
-from workers.meta.adaptive import ADAPTIVE_TRAINERS, AdaptiveLoss, AdaptiveTrainer
-from workers.meta.lookahead import LookaheadConfig
-from workers.meta.method import Batch
-from workers.trainer import create_trainer, list_trainers
+from evoloss.workers.meta.adaptive import ADAPTIVE_TRAINERS, AdaptiveLoss, AdaptiveTrainer
+from evoloss.workers.meta.lookahead import LookaheadConfig
+from evoloss.workers.meta.method import Batch
+from evoloss.workers.trainer import create_trainer, list_trainers
 
 
 @register_family("_test_adaptive_gce", [Param("q", 0.7, low=0.0, high=1.0, low_open=True)])

@@ -6,15 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from losses import LossSpec, Param, register_family
+from evoloss.losses import LossSpec, Param, register_family
 from tests.workers.meta.conftest import (
     CLASSES, central_difference, directional_difference, oracle_step_meta_loss, tiny_batches, tiny_mlp, tiny_task,
     tiny_task_data,
 )
-from workers.meta.dynamic import DynamicLoss, DynamicMetaNet
-from workers.meta.dynamic_sampling import hierarchical_meta_set, rank_bins
-from workers.meta.method import Batch
-from workers.trainer import create_trainer
+from evoloss.workers.meta.dynamic import DynamicLoss, DynamicMetaNet
+from evoloss.workers.meta.dynamic_sampling import hierarchical_meta_set, rank_bins
+from evoloss.workers.meta.method import Batch
+from evoloss.workers.trainer import create_trainer
 
 BINS, HIDDEN = 4, 100
 

@@ -6,14 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from losses import LossSpec, Param, register_family
+from evoloss.losses import LossSpec, Param, register_family
 from tests.workers.meta.conftest import (
     central_difference, oracle_step_meta_loss, tiny_batches, tiny_mlp, tiny_task, tiny_task_data,
 )
-from workers.meta.l2b import LearningToBootstrap, bootstrap_weights
-from workers.meta.lookahead import LookaheadConfig
-from workers.meta.method import Batch
-from workers.trainer import create_trainer
+from evoloss.workers.meta.l2b import LearningToBootstrap, bootstrap_weights
+from evoloss.workers.meta.lookahead import LookaheadConfig
+from evoloss.workers.meta.method import Batch
+from evoloss.workers.trainer import create_trainer
 
 
 @register_family("_test_l2b_nan", [Param("scale", 1.0, low=0.0, high=2.0)])

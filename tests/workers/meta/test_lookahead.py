@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tests.workers.meta.conftest import BATCH, central_difference, tiny_batches, tiny_mlp
-from workers.meta.lookahead import LookaheadConfig, apply_meta_gradient, meta_gradient
+from evoloss.workers.meta.lookahead import LookaheadConfig, apply_meta_gradient, meta_gradient
 
 
 def weighted_ce(logits: torch.Tensor, y: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:

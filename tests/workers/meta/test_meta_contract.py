@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from losses import LossSpec
+from evoloss.losses import LossSpec
 from tests.workers.meta.conftest import tiny_task, tiny_task_data
-from workers.meta import adaptive, dynamic, l2b, mwnet, narl  # noqa: F401  (registration)
-from workers.records import EVAL_RECORD_FIELDS
-from workers.trainer import Trainer, create_trainer, list_trainers
+from evoloss.workers.meta import adaptive, dynamic, l2b, mwnet, narl  # noqa: F401  (registration)
+from evoloss.workers.records import EVAL_RECORD_FIELDS
+from evoloss.workers.trainer import Trainer, create_trainer, list_trainers
 
 META_TRAINERS = sorted([*adaptive.ADAPTIVE_TRAINERS, *narl.NARL_TRAINERS, "l2b", "dynamic", "mwnet"])
 BASE_LOSS_TRAINERS = ["dynamic", "l2b", "mwnet"]
@@ -64,8 +64,8 @@ SCRIPT = """
 import json, sys
 sys.path.insert(0, {root!r})
 from tests.workers.meta.conftest import tiny_task, tiny_task_data
-from workers.meta import l2b, narl
-from workers.trainer import create_trainer
+from evoloss.workers.meta import l2b, narl
+from evoloss.workers.trainer import create_trainer
 out = {{}}
 for name in ("l2b", "narl-gce"):
     (r,) = create_trainer(name, max_steps=4).fit(tiny_task(seed=9), [], data=tiny_task_data(9))
@@ -87,7 +87,7 @@ def test_same_seed_same_records_in_fresh_processes():
 def test_lookahead_configs_the_task_cannot_take_raise_before_training():
     import dataclasses
 
-    from workers.task import Budget
+    from evoloss.workers.task import Budget
 
     adam_task = dataclasses.replace(tiny_task(), budget=Budget(epochs=1, batch_size=16, optimizer="adam"))
     with pytest.raises(ValueError, match="lookahead='optimizer'"):

@@ -5,14 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from losses import LossSpec, Param, register_family
+from evoloss.losses import LossSpec, Param, register_family
 from tests.workers.meta.conftest import (
     central_difference, directional_difference, oracle_step_meta_loss, tiny_batches, tiny_mlp, tiny_task,
     tiny_task_data,
 )
-from workers.meta.method import Batch
-from workers.meta.mwnet import MetaWeightNet, WeightNet
-from workers.trainer import create_trainer
+from evoloss.workers.meta.method import Batch
+from evoloss.workers.meta.mwnet import MetaWeightNet, WeightNet
+from evoloss.workers.trainer import create_trainer
 
 
 @register_family("_test_mwnet_nan", [Param("scale", 1.0, low=0.0, high=2.0)])

@@ -9,15 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from losses import LossSpec, Param, register_family
+from evoloss.losses import LossSpec, Param, register_family
 from tests.workers.meta.conftest import (
     central_difference, directional_difference, oracle_step_meta_loss, tiny_batches, tiny_mlp, tiny_task,
     tiny_task_data,
 )
-from workers.meta.method import Batch
-from workers.meta.narl import NARL_TRAINERS, NarlLoss, NarlTrainer
-from workers.meta.narl_adjuster import Adjuster, adjuster_from_dict, adjuster_to_dict, logit_margin, output_ranges
-from workers.trainer import create_trainer, list_trainers
+from evoloss.workers.meta.method import Batch
+from evoloss.workers.meta.narl import NARL_TRAINERS, NarlLoss, NarlTrainer
+from evoloss.workers.meta.narl_adjuster import Adjuster, adjuster_from_dict, adjuster_to_dict, logit_margin, output_ranges
+from evoloss.workers.trainer import create_trainer, list_trainers
 
 
 @register_family("_test_narl_nan", [Param("q", 0.5, low=0.0, high=1.0)])

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import losses
-from losses import LossSpec
+from evoloss import losses
+from evoloss.losses import LossSpec
 from tests.workers.meta.conftest import tiny_task, tiny_task_data
-from workers.meta.narl import NarlLoss, NarlTrainer, load_adjusters
-from workers.meta.narl_adjuster import Adjuster, adjuster_to_dict, logit_margin, output_ranges
-from workers.trainer import create_trainer
+from evoloss.workers.meta.narl import NarlLoss, NarlTrainer, load_adjusters
+from evoloss.workers.meta.narl_adjuster import Adjuster, adjuster_to_dict, logit_margin, output_ranges
+from evoloss.workers.trainer import create_trainer
 
 
 def snapshots_of(family: str, learned: tuple[str, ...], seeds: tuple[int, ...] = (0, 1, 2)) -> list[dict]:

@@ -1,0 +1,1 @@
+"""evoloss: evolutionary and meta-learned loss search for noisy labels."""
