@@ -23,7 +23,8 @@ from evoloss.losses import (  # noqa: F401  (registration)
     taylor,
 )
 from evoloss.losses.plugin import export_plugin, load_loss, read_plugin
-from evoloss.losses.adjusted import AdjustedLoss, export_adjuster_plugin, read_adjusted_plugin  # the adjuster plug-in
+from evoloss.losses.plugin.adjusted import AdjustedLoss, read_adjusted_plugin  # the adjuster plug-in
+from evoloss.losses.plugin.adjusted_export import export_adjuster_plugin
 
 __all__ = [
     "AdjustedLoss",

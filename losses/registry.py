@@ -129,7 +129,7 @@ class Family:
         for p in self.params:
             if p.name == name:
                 return p
-        raise KeyError(_unknown("parameter", name, self.param_names, f"of loss family {self.name!r}"))
+        raise KeyError(unknown_name_message("parameter", name, self.param_names, f"of loss family {self.name!r}"))
 
     def defaults(self) -> dict[str, float]:
         return {p.name: p.default for p in self.params}
@@ -155,7 +155,7 @@ class Family:
         """
         unknown = [k for k in params if k not in self.param_names]
         if unknown:
-            raise ValueError(_unknown("parameter", unknown[0], self.param_names, f"of loss family {self.name!r}"))
+            raise ValueError(unknown_name_message("parameter", unknown[0], self.param_names, f"of loss family {self.name!r}"))
         out: dict[str, object] = {}
         for p in self.params:
             if p.name not in params:
@@ -201,7 +201,8 @@ def _check_tensor_param(family: str, p: Param, v: torch.Tensor) -> None:
             )
 
 
-def _unknown(kind: str, name: object, valid: Iterable[str], where: str = "") -> str:
+def unknown_name_message(kind: str, name: object, valid: Iterable[str], where: str = "") -> str:
+    """The error text for an unknown ``kind`` ``name`` (``where`` qualifies it): close matches, valid names."""
     valid = list(valid)
     close = difflib.get_close_matches(str(name), valid, n=3)
     hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
@@ -240,9 +241,16 @@ def register_family(
     return deco
 
 
+def unregister_family(name: str) -> None:
+    """Remove the family ``name`` (e.g. to register a changed version in a notebook, or after a test)."""
+    if name not in _FAMILIES:
+        raise ValueError(unknown_name_message("loss family", name, sorted(_FAMILIES)))
+    del _FAMILIES[name]
+
+
 def get_family(name: str) -> Family:
     if not isinstance(name, str) or name not in _FAMILIES:
-        raise ValueError(_unknown("loss family", name, sorted(_FAMILIES)))
+        raise ValueError(unknown_name_message("loss family", name, sorted(_FAMILIES)))
     return _FAMILIES[name]
 
 

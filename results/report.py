@@ -396,7 +396,7 @@ def _validate(rows: RunRows, metric: str | None, num_classes: int) -> tuple[tupl
     """The run kinds and the compare metric, after every check that needs no drawing (so a bad run
     or option fails before anything is written)."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes (--classes) must be an integer >= 2; got {num_classes!r}")
+        raise ValueError(f"num_classes must be an integer >= 2; got {num_classes!r}")
     kinds = run_kinds(rows)
     if metric is not None:
         resolve_metric(rows.evaluations, metric)  # an unknown name is an error for a search too
@@ -456,7 +456,7 @@ def write_report(
     _validate(rows, metric, num_classes)
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / "report"
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {str(out)!r} exists and is not a directory; pass a directory for the report")
+        raise ValueError(f"report folder {str(out)!r} exists and is not a directory; give a directory for the report")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:

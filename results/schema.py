@@ -19,7 +19,7 @@ dataset                string           dataset registry key
 arch                   string           architecture registry key
 noise_type             string           NoiseSpec.kind: none | symmetric | asymmetric | ...
 noise_rate             float64          nominal noise rate r
-noise_convention       string           how r was applied (REFERENCE.md §3), e.g. "exact"
+noise_convention       string           how r was applied (docs/noise.md), e.g. "exact"
 noise_rate_realised    float64          realised fraction of flipped training labels
 seed                   int64            the task's seed (split, noise, init)
 task_key               string           Task.key(), e.g. "digits/mlp2/symmetric0.8-exact/s0"

@@ -212,21 +212,53 @@ class ParquetStore(ResultStore):
     """A run directory of Parquet parts (one per generation and kind) and JSON state files.
 
     Every file is written to a temp name in its folder, fsync'd and renamed (`atomic_write`);
-    temp files left by a crash are removed when the store is opened. Open one store per run
-    directory at a time (one coordinator owns a run).
+    temp files left by a crash are removed when the store is opened for writing. Open one writing
+    store per run directory at a time (one coordinator owns a run); readers of a run that may be live
+    (status, compare, report) use `open_read_only`, which creates and deletes nothing.
     """
 
     def __init__(self, run_dir: str | os.PathLike[str]) -> None:
-        self.run_dir = Path(run_dir)
+        self._locate(run_dir)
+        self.read_only = False
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise ValueError(f"run_dir {str(self.run_dir)!r} exists and is not a directory; pick another path")
-        self.evaluations_dir = self.run_dir / "evaluations"
-        self.generations_dir = self.run_dir / "generations"
-        self.state_dir = self.run_dir / "state"
         for d in (self.evaluations_dir, self.generations_dir, self.state_dir):
             d.mkdir(parents=True, exist_ok=True)
             for stale in d.glob(f".*{_TMP_MARK}*"):
                 stale.unlink(missing_ok=True)
+
+    @classmethod
+    def open_read_only(cls, run_dir: str | os.PathLike[str]) -> ParquetStore:
+        """The store of an existing run directory, for reading only: nothing is created or deleted.
+
+        Safe on a live run: in-flight temp files are ignored (never removed), missing folders read as
+        empty, and `append` / `save_state` raise PermissionError.
+
+        Raises:
+            FileNotFoundError: ``run_dir`` does not exist.
+            NotADirectoryError: ``run_dir`` is a file.
+        """
+        store = cls.__new__(cls)
+        store._locate(run_dir)
+        store.read_only = True
+        if not store.run_dir.exists():
+            raise FileNotFoundError(f"run directory {str(store.run_dir)!r} does not exist; pass an existing run")
+        if not store.run_dir.is_dir():
+            raise NotADirectoryError(f"run_dir {str(store.run_dir)!r} is not a directory; pass a run directory")
+        return store
+
+    def _locate(self, run_dir: str | os.PathLike[str]) -> None:
+        self.run_dir = Path(run_dir)
+        self.evaluations_dir = self.run_dir / "evaluations"
+        self.generations_dir = self.run_dir / "generations"
+        self.state_dir = self.run_dir / "state"
+
+    def _check_writable(self, what: str) -> None:
+        if self.read_only:
+            raise PermissionError(
+                f"{what}: the store of {str(self.run_dir)!r} was opened read-only (ParquetStore.open_read_only); "
+                "open it with ParquetStore(run_dir) to write (one writer per run)"
+            )
 
     @staticmethod
     def _name(generation: int, suffix: str) -> str:
@@ -234,6 +266,8 @@ class ParquetStore(ResultStore):
 
     @staticmethod
     def _listed(directory: Path, suffix: str) -> list[int]:
+        if not directory.is_dir():  # a read-only store of a run that has not written this folder yet
+            return []
         found = (_GEN_FILE.match(p.name) for p in directory.iterdir())
         return sorted(int(m.group(1)) for m in found if m and m.group(2) == suffix)
 
@@ -243,6 +277,7 @@ class ParquetStore(ResultStore):
     def append(
         self, generation: int, eval_rows: Sequence[Mapping[str, Any]], generation_row: Mapping[str, Any]
     ) -> None:
+        self._check_writable(f"append({generation})")
         evals, gen = self._prepare(generation, eval_rows, generation_row)
         self._write_table(self.evaluations_dir, generation, evals)  # 1st: evaluations
         self._write_table(self.generations_dir, generation, gen)  # 2nd: the generation row
@@ -263,6 +298,7 @@ class ParquetStore(ResultStore):
         return self._read_dir(self.generations_dir, GENERATION_SCHEMA, complete_only)
 
     def save_state(self, generation: int, state: Mapping[str, Any]) -> None:
+        self._check_writable(f"save_state({generation})")
         text = self._check_state(generation, state)
         if generation not in self._listed(self.generations_dir, "parquet"):
             raise ValueError(

@@ -31,6 +31,8 @@ SPLITS = ("seen", "held-out")
 METRICS = ("test_acc_last", "test_acc_best", "val_acc_last", "val_acc_best")
 RANK_DECIMALS = 2
 REASON_WIDTH = 40
+GROUP_REASON_WIDTH = 60
+"""Width of the failure reason in a `group_summary_table` cell."""
 NOT_RUN = "—"
 _TASK_FIELDS = ("dataset", "arch", "noise_type", "noise_rate", "noise_convention")
 
@@ -103,7 +105,7 @@ def resolve_metric(df: pd.DataFrame, metric: str | None = None) -> str:
     _require(df, ("metric_rule",))
     rules = sorted(set(df["metric_rule"]))
     if len(rules) != 1:
-        raise ValueError(f"rows use metric_rule values {rules}; pass --metric (one of {', '.join(METRICS)})")
+        raise ValueError(f"rows use metric_rule values {rules}; pass metric= one of {', '.join(METRICS)}")
     return f"test_acc_{rules[0]}"
 
 
@@ -330,4 +332,51 @@ def summary_text(df: pd.DataFrame, metric: str | None = None) -> str:
     reference = reference_method(rows)
     ce_note = f"× CE = mean s/run vs {reference}" if reference else "× CE: no hand-designed CE method in this run"
     lines.append(f"({metric} in %, mean over seeds; avg rank over {len(tasks)} tasks; {ce_note})")
+    return "\n".join(lines)
+
+
+# --- the compare's printed summary: method × task group ------------------------------------------
+def _group_frame(rows: pd.DataFrame | Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """The rows with ``extra`` decoded and its ``group`` and ``split`` as columns."""
+    df = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+    df["extra"] = [json.loads(e) if isinstance(e, str) else dict(e or {}) for e in df["extra"]]
+    df["group"] = [e.get("group", "") for e in df["extra"]]
+    df["split"] = [e.get("split", "") for e in df["extra"]]
+    return df
+
+
+def _group_cell(part: pd.DataFrame, column: str) -> str:
+    """One method × group cell: seed means' mean ± sample std in %, or the first failure's reason."""
+    ok = part[(part["status"] == "ok") & np.isfinite(part[column].astype(float))]
+    if ok.empty:
+        first = part[part["status"] != "ok"].iloc[0] if (part["status"] != "ok").any() else part.iloc[0]
+        lines = [line.strip() for line in str(first["error"]).splitlines() if line.strip()]
+        reason = lines[0] if lines else "no finite accuracy"
+        reason = reason if len(reason) <= GROUP_REASON_WIDTH else reason[: GROUP_REASON_WIDTH - 1] + "…"
+        return f"{first['status']}: {reason}"
+    seed_means = 100.0 * ok.assign(value=ok[column].astype(float)).groupby("seed")["value"].mean().to_numpy()
+    text = f"{seed_means.mean():.2f}" + (f" ± {seed_means.std(ddof=1):.2f}" if len(seed_means) > 1 else "")
+    return text + (f" ({len(ok)}/{len(part)} ok)" if len(ok) < len(part) else "")
+
+
+def group_summary_table(rows: pd.DataFrame | Sequence[Mapping[str, Any]], metric_rule: str) -> str:
+    """The compare's summary as fixed-width text: per method (candidate order) × task group (``extra``
+    ``group``, first-seen order), the test accuracy at ``metric_rule`` in %.
+
+    A cell is the mean ± sample std (ddof 1) over seeds of the group's per-seed mean over its ok runs
+    (a group mixes datasets, so a std over its runs would measure the datasets, not the seeds);
+    "(k/n ok)" when some runs were not ok, "<status>: <first error line>" when none was.
+    """
+    df = _group_frame(rows)
+    column = f"test_acc_{metric_rule}"
+    groups = list(dict.fromkeys(df["group"]))
+    splits = dict(zip(df["group"], df["split"]))
+    table = [["method", "kind", *(f"{g} [{splits[g]}]" for g in groups)]]
+    for candidate in sorted(set(df["candidate"])):
+        part = df[df["candidate"] == candidate]
+        table.append([str(part["method"].iloc[0]), str(part["method_kind"].iloc[0]),
+                      *(_group_cell(part[part["group"] == g], column) for g in groups)])
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in table]
+    lines.append(f"({column} in %: mean ± sample std over seeds of each group's mean over its tasks)")
     return "\n".join(lines)

@@ -1,7 +1,10 @@
 """The `evoloss` command line.
 
 Each sub-command is one module in ``search/commands/`` exposing ``NAME``, ``HELP``,
-``add_arguments(parser)`` and ``run(args) -> int``; `COMMANDS` lists them in help order.
+``add_arguments(parser)`` and ``run(args) -> int``; `COMMANDS` lists them in help order. The commands
+are a thin layer over the Python API (`evoloss.search.api`): they parse, call, print. Building the
+parser imports nothing heavy (no torch, Ray, pandas), so ``--help`` is instant; a command loads what
+it needs when it runs.
 Bad input (ValueError/TypeError/FileNotFoundError raised before any work is written) becomes one
 clear line on stderr and exit status 2.
 """
@@ -23,20 +26,6 @@ COMMANDS = (
 )
 
 
-def progress_writer():
-    """A progress sink for long commands: live ``\r`` lines on a terminal, finished lines only in logs."""
-    tty = sys.stderr.isatty()
-
-    def write(line: str) -> None:
-        if tty:
-            sys.stderr.write(line)
-        elif line.endswith("\n"):
-            sys.stderr.write(line.lstrip("\r"))
-        sys.stderr.flush()
-
-    return write
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse exits 2 already; keep it to one line
         self.exit(2, f"evoloss: error: {message} (see 'evoloss --help')\n")
@@ -54,14 +43,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The Python API's arguments (named in its messages) and the command line's spelling of each.
+FLAGS = {"out": "--out", "resume": "--resume", "engine": "--engine", "data_dir": "--data-dir",
+         "config": "CONFIG.toml or --preset", "pick": "--pick", "name": "--name", "address": "--address"}
+
+
+def _flag_hint(exc: BaseException) -> str:
+    """Where an API argument named in ``exc`` is set on the command line (the library never names flags)."""
+    key = getattr(exc, "key", None)
+    return f" [{FLAGS[key]}]" if isinstance(key, str) and key in FLAGS else ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args._run(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, KeyError) as exc:
+    except (ValueError, TypeError, OSError, KeyError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"evoloss {args.command}: error: {msg}", file=sys.stderr)
+        print(f"evoloss {args.command}: error: {msg}{_flag_hint(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"evoloss {args.command}: interrupted", file=sys.stderr)

@@ -1,6 +1,6 @@
 """`run_compare`: hand-designed, evolved and meta-learned losses trained on the same tasks, one store.
 
-The compare reuses the search's dispatch (ARCHITECTURE.md): its jobs go to the same pool
+The compare reuses the search's dispatch (docs/architecture.md): its jobs go to the same pool
 (`search.engine.evaluation_pool`, or `search.local_pool.InProcessPool` in tests) and its rows to the
 same record store. Per task (`compare_tasks`: every group's datasets × archs × noise × seeds):
 
@@ -28,10 +28,14 @@ wins, ties to the earlier grid point; its record becomes the row (its test accur
 and ``extra.tuned`` keeps every point's parameters, validation score and status. With no eligible
 point the row has NaN metrics and the points' common status (``failed`` if they differ).
 
-Summary (`summary_table`): per method × task group, the test accuracy at the metric rule in %: per
-seed, the mean over the group's ok runs of that seed (its tasks); then the mean ± sample std (ddof 1)
-of those seed means (a group mixes datasets, so a std over its runs would measure the datasets, not
-the seeds). "(k/n ok)" when some runs were not ok, "<status>: <first error line>" when none was.
+Summary (`results.tables.group_summary_table`): per method × task group, the test accuracy at the
+metric rule in %: per seed, the mean over the group's ok runs of that seed (its tasks); then the
+mean ± sample std (ddof 1) of those seed means (a group mixes datasets, so a std over its runs would
+measure the datasets, not the seeds). "(k/n ok)" when some runs were not ok, "<status>: <first error
+line>" when none was.
+
+A search run named by a ``search`` method is read through `ParquetStore.open_read_only`, so a compare
+may read a search that is still running (its complete generations only) without touching its files.
 """
 from __future__ import annotations
 
@@ -46,11 +50,12 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-import pandas as pd
 
 from evoloss.losses import LossSpec
 from evoloss.losses.plugin import read_loss_file
+from evoloss.results.queries import best_candidate
 from evoloss.results.store import ParquetStore, ResultStore
+from evoloss.results.tables import group_summary_table
 from evoloss.search.compare_config import (
     METHOD_KINDS,
     CompareConfig,
@@ -60,18 +65,17 @@ from evoloss.search.compare_config import (
     tuned_grid_points,
 )
 from evoloss.search.config import SearchConfig
-from evoloss.search.coordinator import JobRunnerPool, best_candidate, record_to_row
+from evoloss.search.coordinator import JobRunnerPool, record_to_row
 from evoloss.search.grid import TaskGrid, grid_from_config, metric_column
 from evoloss.search.run_dir import load_run_config
-from evoloss.workers.ray_actors import Job
+from evoloss.workers.jobs import Job
 from evoloss.workers.records import EvalRecord
-from evoloss.workers.task import NoiseSpec, Task
+from evoloss.workers.task import Task
 
 GENERATION = 0
 META_COST_FACTOR = 4.0
-"""Dispatch size of a meta-learned job relative to one plain run (REFERENCE.md §4: a look-ahead step
+"""Dispatch size of a meta-learned job relative to one plain run (a look-ahead step
 costs 3–7× a plain one), so the pool starts them early (longest job first)."""
-REASON_WIDTH = 60
 _TASK_PROVENANCE = ("noise_convention", "noise_rate_realised")
 ProgressFn = Callable[[str], None]
 
@@ -126,7 +130,7 @@ def _search_best(run_dir: str) -> tuple[LossSpec, dict[str, Any]]:
     """The best candidate of the search run in ``run_dir`` and its provenance."""
     run = Path(run_dir)
     search_config = load_run_config(run)  # a missing dir or config.toml raises before the store is opened
-    best = best_candidate(ParquetStore(run), search_config.grid.metric_rule)
+    best = best_candidate(ParquetStore.open_read_only(run), search_config.grid.metric_rule)
     if best is None:
         raise ValueError(f"search run {run_dir!r} has no complete generation with a finite fitness yet")
     spec, fitness, generation, candidate = best
@@ -175,8 +179,7 @@ def compare_tasks(config: CompareConfig) -> list[CompareTask]:
     splits = dataclasses.replace(base.splits, meta_per_class=config.compare.meta_per_class)
     out = []
     for group in config.tasks:
-        noises = tuple(NoiseSpec(kind=n.type, rate=n.rate, convention=n.convention, imbalance=n.imbalance)
-                       for n in group.noise)
+        noises = tuple(n.to_spec() for n in group.noise)
         grid = TaskGrid(datasets=group.datasets, archs=group.archs, noises=noises, seeds=group.seeds, mode="ardr",
                         metric_rule=config.compare.metric_rule, budget=base.budget, splits=splits,
                         data_dir=group.data_dir)
@@ -231,7 +234,7 @@ def select_tuned(records: Sequence[Mapping[str, Any]], metric_rule: str) -> int 
     return best
 
 
-def _tuned_record(records: Sequence[Mapping[str, Any]], metric_rule: str) -> dict[str, Any]:
+def tuned_record(records: Sequence[Mapping[str, Any]], metric_rule: str) -> dict[str, Any]:
     """The row record of a tuned method from its grid points' records (module docstring)."""
     chosen = select_tuned(records, metric_rule)
     column = metric_column(metric_rule)
@@ -264,7 +267,7 @@ def _method_record(method: ResolvedMethod, got: Sequence[tuple[int | None, Mappi
         return EvalRecord(family=method.specs[0].family, params={}, status="failed",
                           error=f"no record came back for method {method.name!r}").to_dict()
     if method.kind == "tuned":
-        return _tuned_record([rec for _, rec in sorted(got, key=lambda item: item[0])], metric_rule)
+        return tuned_record([rec for _, rec in sorted(got, key=lambda item: item[0])], metric_rule)
     return dict(got[0][1])
 
 
@@ -319,46 +322,6 @@ def _generation_row(run_id: str, rows: Sequence[Mapping[str, Any]], metric_rule:
     }
 
 
-# --- summary -------------------------------------------------------------------------------------
-def _rows_frame(rows: pd.DataFrame | Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    df = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
-    df["extra"] = [json.loads(e) if isinstance(e, str) else dict(e or {}) for e in df["extra"]]
-    df["group"] = [e.get("group", "") for e in df["extra"]]
-    df["split"] = [e.get("split", "") for e in df["extra"]]
-    return df
-
-
-def _cell(part: pd.DataFrame, column: str) -> str:
-    ok = part[(part["status"] == "ok") & np.isfinite(part[column].astype(float))]
-    if ok.empty:
-        first = part[part["status"] != "ok"].iloc[0] if (part["status"] != "ok").any() else part.iloc[0]
-        lines = [line.strip() for line in str(first["error"]).splitlines() if line.strip()]
-        reason = lines[0] if lines else "no finite accuracy"
-        reason = reason if len(reason) <= REASON_WIDTH else reason[: REASON_WIDTH - 1] + "…"
-        return f"{first['status']}: {reason}"
-    seed_means = 100.0 * ok.assign(value=ok[column].astype(float)).groupby("seed")["value"].mean().to_numpy()
-    text = f"{seed_means.mean():.2f}" + (f" ± {seed_means.std(ddof=1):.2f}" if len(seed_means) > 1 else "")
-    return text + (f" ({len(ok)}/{len(part)} ok)" if len(ok) < len(part) else "")
-
-
-def summary_table(rows: pd.DataFrame | Sequence[Mapping[str, Any]], metric_rule: str) -> str:
-    """Fixed-width text: per method (config order) × task group (config order), the test accuracy
-    at ``metric_rule`` in %, mean ± sample std over seeds of the group's per-seed mean (module docstring)."""
-    df = _rows_frame(rows)
-    column = f"test_acc_{metric_rule}"
-    groups = list(dict.fromkeys(df["group"]))
-    splits = dict(zip(df["group"], df["split"]))
-    table = [["method", "kind", *(f"{g} [{splits[g]}]" for g in groups)]]
-    for candidate in sorted(set(df["candidate"])):
-        part = df[df["candidate"] == candidate]
-        table.append([str(part["method"].iloc[0]), str(part["method_kind"].iloc[0]),
-                      *(_cell(part[part["group"] == g], column) for g in groups)])
-    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in table]
-    lines.append(f"({column} in %: mean ± sample std over seeds of each group's mean over its tasks)")
-    return "\n".join(lines)
-
-
 # --- the run -------------------------------------------------------------------------------------
 def _progress(say: ProgressFn, total: int, start: float) -> Callable[[Any], None]:
     done = [0]
@@ -407,4 +370,4 @@ def run_compare(config: CompareConfig, pool: JobRunnerPool, store: ResultStore, 
         statuses[r["status"]] += 1
     return CompareSummary(run_id=run_id, jobs=len(jobs), rows=len(rows), statuses=dict(sorted(statuses.items())),
                           unresolved={m.name: m.error for m in methods if m.error},
-                          table=summary_table(rows, rule), wall_s=wall)
+                          table=group_summary_table(rows, rule), wall_s=wall)

@@ -2,8 +2,9 @@
 
 A compare config has the sections ``[compare]``, ``[[methods]]``, ``[[tasks]]``, ``[train]``,
 ``[cluster]`` and ``[output]``. ``[train]`` and ``[cluster]`` are the search config's sections
-(`search.config.TrainSection`, `ClusterSection`), and every value goes through the search config's
-converters, so errors read the same: ``config methods[2].params.q: must be <= 1, got 1.5; ...``.
+(`search.config.TrainSection`, `ClusterSection`), and every value goes through the same converters
+(`search.config_fields`), so errors read the same (one `ConfigError` each):
+``config methods[2].params.q: must be <= 1, got 1.5; ...``.
 
 Methods (each needs a unique ``name``; ``kind`` decides which other keys it takes):
 
@@ -23,47 +24,51 @@ evolved losses never saw these tasks in their search; rows say ``extra.split = "
 (dataset, arch, noise) task belongs to one group only (any seed), so "held-out" never means "seen
 task, new seed" and a report can key the split by task.
 
-Overrides (``--set``) take dotted keys as in the search config; list entries are addressed by
+Overrides take dotted keys as in the search config; list entries are addressed by
 name: ``methods.evolved.run_dir=runs/x``, ``tasks.held-out.seeds=[0]``.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
-import datetime
 import difflib
 import itertools
-import json
 import math
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
 from evoloss import losses
 from evoloss.search.config import (
+    NOISE_EXAMPLE,
     ClusterSection,
     NoiseSection,
-    SearchConfig,
     TrainSection,
-    _check_relations,
-    _convert,
-    _error,
-    _f,
-    _merge,
-    _nested,
-    _read_toml,
-    _toml_value,
-    _unknown,
-    _unknown_name,
+    check_noise,
+    check_task_names,
+    check_train,
 )
+from evoloss.search.config_fields import (
+    ConfigError,
+    build_section,
+    build_sections,
+    check_root,
+    config_field as _f,
+    merge,
+    nested,
+    plain_data,
+    preset_and_file,
+    section_lines,
+    unknown_key,
+    unknown_name,
+)
+from evoloss.search.preset_files import preset_names
 
 METHOD_KINDS = {"loss": "hand-designed", "tuned": "hand-designed", "plugin": "evolved", "search": "evolved",
                 "trainer": "meta-learned"}
 """Config ``kind`` → the rows' ``method_kind`` (results.schema)."""
 LOSS_TRAINERS = ("population", "standard")
 MAX_GRID_POINTS = 64
-PRESET_FOLDER = "compare_presets"
 _OPTIONAL = ("family", "params", "path", "run_dir", "trainer", "options", "grid")
 _KIND_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # kind -> (required, optional)
     "loss": (("family",), ("params",)),
@@ -101,7 +106,8 @@ class TaskGroupSection:
     heldout: bool = _f(False, "true: tasks the evolved losses' search never saw", "bool")
     datasets: tuple[str, ...] = _f(("digits",), "dataset registry names", "names")
     archs: tuple[str, ...] = _f(("mlp2",), "architecture registry names", "names")
-    noise: tuple[NoiseSection, ...] = _f((NoiseSection(),), "noise settings", "noise")
+    noise: tuple[NoiseSection, ...] = _f((NoiseSection(),), "noise settings", "tables",
+                                         section=NoiseSection, what="noise tables", example=NOISE_EXAMPLE)
     seeds: tuple[int, ...] = _f((0,), "task seeds (split, noise, initialisation)", "ints", min=0)
     data_dir: str | None = _f(None, "where dataset files live; unset = the datasets' default", "str?")
 
@@ -113,82 +119,22 @@ class CompareOutputSection:
 
 @dataclass(frozen=True, kw_only=True)
 class CompareConfig:
-    compare: CompareSection = field(default_factory=CompareSection)
-    methods: tuple[MethodSection, ...] = ()
-    tasks: tuple[TaskGroupSection, ...] = ()
-    train: TrainSection = field(default_factory=TrainSection)
-    cluster: ClusterSection = field(default_factory=ClusterSection)
-    output: CompareOutputSection = field(default_factory=CompareOutputSection)
+    compare: CompareSection = field(default_factory=CompareSection, metadata={"doc": "how results are read"})
+    methods: tuple[MethodSection, ...] = field(default=(), metadata={"doc": "the methods compared, one [[methods]] "
+                                                                             "table each (required)"})
+    tasks: tuple[TaskGroupSection, ...] = field(default=(), metadata={"doc": "the task groups, one [[tasks]] table "
+                                                                           "each (required)"})
+    train: TrainSection = field(default_factory=TrainSection,
+                                metadata={"doc": "how each network is trained (the search config's [train])"})
+    cluster: ClusterSection = field(default_factory=ClusterSection,
+                                    metadata={"doc": "where evaluations run (the search config's [cluster])"})
+    output: CompareOutputSection = field(default_factory=CompareOutputSection,
+                                         metadata={"doc": "where the run is written"})
 
 
 _TABLES = {"compare": CompareSection, "train": TrainSection, "cluster": ClusterSection, "output": CompareOutputSection}
 _LISTS = {"methods": MethodSection, "tasks": TaskGroupSection}
 ROOT_KEYS = ("compare", "methods", "tasks", "train", "cluster", "output")
-
-
-# --- value conversion (the search config's converters plus four compare kinds) -------------------
-def _number_map(path: str, value: Any, example: str) -> dict[str, Any]:
-    if not isinstance(value, Mapping):
-        raise _error(path, "must be a table of name = value", value, f"write e.g. {example}")
-    return {str(k): v for k, v in value.items()}
-
-
-def _plain_number(path: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise _error(path, "must be a finite number", value, "write a number without quotes, e.g. 0.7")
-    return float(value)
-
-
-def _json_value(path: str, value: Any) -> Any:
-    if isinstance(value, (datetime.date, datetime.time)):
-        raise _error(path, "must be a number, string, boolean, list or table", value, "quote it as a string")
-    if isinstance(value, Mapping):
-        return {str(k): _json_value(f"{path}.{k}", v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_value(f"{path}[{i}]", v) for i, v in enumerate(value)]
-    return value
-
-
-def _convert_field(path: str, value: Any, meta: Mapping[str, Any]) -> Any:
-    kind = meta["kind"]
-    if kind == "bool":
-        if not isinstance(value, bool):
-            raise _error(path, "must be true or false", value, "write true or false without quotes")
-        return value
-    if kind == "params":
-        return {k: _plain_number(f"{path}.{k}", v) for k, v in _number_map(path, value, "{q = 0.7}").items()}
-    if kind == "grid":
-        grid = _number_map(path, value, "{q = [0.1, 0.4, 0.7]}")
-        if not grid:
-            raise _error(path, "must name at least one parameter", value, "write e.g. {q = [0.1, 0.4, 0.7]}")
-        out = {}
-        for key, values in grid.items():
-            if not isinstance(values, list) or not values:
-                raise _error(f"{path}.{key}", "must be a non-empty list of numbers", values, "write e.g. [0.1, 0.4]")
-            out[key] = tuple(_plain_number(f"{path}.{key}[{i}]", v) for i, v in enumerate(values))
-            if len(set(out[key])) != len(out[key]):
-                raise _error(f"{path}.{key}", "lists a value twice", values, "remove the duplicate")
-        return out
-    if kind == "options":
-        return _json_value(path, _number_map(path, value, "{variant = \"free\"}"))
-    return _convert(path, value, meta)
-
-
-def _table(cls: type, table: Any, path: str) -> Any:
-    """Build ``cls`` from a TOML table: unknown keys rejected with close matches, values converted."""
-    if not isinstance(table, Mapping):
-        raise _error(path, "must be a table", table, f"write [{path}] followed by key = value lines")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in table:
-        if key not in fields:
-            raise _unknown(path, str(key), list(fields))
-    return cls(**{k: _convert_field(f"{path}.{k}", v, fields[k].metadata) for k, v in table.items()})
-
-
-def _tables(cls: type, value: Any, path: str) -> tuple[Any, ...]:
-    if not isinstance(value, list) or not value:
-        raise _error(path, "must be a non-empty list of tables", value, f"write one or more [[{path}]] tables")
-    return tuple(_table(cls, item, f"{path}[{i}]") for i, item in enumerate(value))
 
 
 # --- method checks -------------------------------------------------------------------------------
@@ -200,36 +146,36 @@ _ADD_HINTS = {"family": 'add family = "gce"', "grid": "add grid = {q = [0.1, 0.4
 def _check_method_keys(path: str, method: MethodSection) -> None:
     """The keys ``method.kind`` requires are set and no key it does not use is."""
     if not method.name.strip():
-        raise _error(f"{path}.name", "must be a non-empty name", method.name, 'write e.g. name = "gce"')
+        raise ConfigError(f"{path}.name", "must be a non-empty name", method.name, 'write e.g. name = "gce"')
     if not method.kind:
-        raise _error(f"{path}.kind", "is required", method.kind, f"choose one of {', '.join(METHOD_KINDS)}")
+        raise ConfigError(f"{path}.kind", "is required", method.kind, f"choose one of {', '.join(METHOD_KINDS)}")
     required, optional = _KIND_KEYS[method.kind]
     for key in required:
         if getattr(method, key) is None:
-            raise _error(f"{path}.{key}", f"is required by kind {method.kind!r}", None, _ADD_HINTS[key])
+            raise ConfigError(f"{path}.{key}", f"is required by kind {method.kind!r}", None, _ADD_HINTS[key])
     for key in _OPTIONAL:
         value = getattr(method, key)
         if value is not None and key not in required + optional:
             takes = ", ".join(required + optional)
-            raise _error(f"{path}.{key}", f"is not used by kind {method.kind!r}", value,
-                         f"remove it (kind {method.kind!r} takes {takes})")
+            raise ConfigError(f"{path}.{key}", f"is not used by kind {method.kind!r}", value,
+                              f"remove it (kind {method.kind!r} takes {takes})")
     if method.params is not None and method.family is None:
-        raise _error(f"{path}.params", "needs a family", method.params, _ADD_HINTS["family"])
+        raise ConfigError(f"{path}.params", "needs a family", method.params, _ADD_HINTS["family"])
 
 
 def _family_params(path: str, name: str, params: Mapping[str, float] | None) -> dict[str, float]:
     """``params`` checked against family ``name`` (names and ranges); returned with defaults filled in."""
     if name not in losses.list_losses(include_private=True):
-        raise _unknown_name(f"{path}.family", name, losses.list_losses())
+        raise unknown_name(f"{path}.family", name, losses.list_losses())
     family = losses.get_family(name)
     for key, value in (params or {}).items():
         if not family.param_names:
-            raise _error(f"{path}.params.{key}", f"family {name!r} has no parameters", value, "remove params")
+            raise ConfigError(f"{path}.params.{key}", f"family {name!r} has no parameters", value, "remove params")
         if key not in family.param_names:
-            raise _unknown(f"{path}.params", key, list(family.param_names))
+            raise unknown_key(f"{path}.params", key, list(family.param_names))
         if not family.param(key).contains(value):
-            raise _error(f"{path}.params.{key}", f"is outside its valid range {family.param(key).range_text()}",
-                         value, "use a value inside the range")
+            raise ConfigError(f"{path}.params.{key}", f"is outside its valid range {family.param(key).range_text()}",
+                              value, "use a value inside the range")
     return {k: float(v) for k, v in family.validate(params or {}).items()}
 
 
@@ -238,18 +184,18 @@ def _check_grid(path: str, method: MethodSection, given: Mapping[str, float]) ->
     family = losses.get_family(method.family)
     for key, values in method.grid.items():
         if key not in family.param_names:
-            raise _unknown(f"{path}.grid", key, list(family.param_names) or ["(none: the family has no parameters)"])
+            raise unknown_key(f"{path}.grid", key, list(family.param_names) or ["(none: the family has no parameters)"])
         if key in given:
-            raise _error(f"{path}.grid.{key}", "is also fixed in params", list(values), "keep it in one of the two")
+            raise ConfigError(f"{path}.grid.{key}", "is also fixed in params", list(values), "keep it in one of the two")
         param = family.param(key)
         for j, v in enumerate(values):
             if not param.contains(v):
-                raise _error(f"{path}.grid.{key}[{j}]", f"is outside its valid range {param.range_text()}", v,
-                             "use values inside the range")
+                raise ConfigError(f"{path}.grid.{key}[{j}]", f"is outside its valid range {param.range_text()}", v,
+                                  "use values inside the range")
     points = math.prod(len(v) for v in method.grid.values())
     if points > MAX_GRID_POINTS:
-        raise _error(f"{path}.grid", f"has {points} points (the product of its lists)",
-                     {k: list(v) for k, v in method.grid.items()}, f"use at most {MAX_GRID_POINTS} points")
+        raise ConfigError(f"{path}.grid", f"has {points} points (the product of its lists)",
+                          {k: list(v) for k, v in method.grid.items()}, f"use at most {MAX_GRID_POINTS} points")
 
 
 def tuned_grid_points(method: MethodSection) -> list[dict[str, float]]:
@@ -261,7 +207,7 @@ def tuned_grid_points(method: MethodSection) -> list[dict[str, float]]:
 
 
 def _trainer_registry() -> list[str]:
-    from evoloss.workers.ray_actors import DEFAULT_TRAINER_MODULES, import_trainer_modules
+    from evoloss.workers.jobs import DEFAULT_TRAINER_MODULES, import_trainer_modules
     from evoloss.workers.trainer import list_trainers
 
     import_trainer_modules(DEFAULT_TRAINER_MODULES)
@@ -285,23 +231,23 @@ def _check_trainer(path: str, method: MethodSection) -> bool:
     registered = _trainer_registry()
     name = method.trainer
     if name in LOSS_TRAINERS:
-        raise _error(f"{path}.trainer", "is a loss trainer, not a meta-learned method", name,
-                     'compare losses with kind = "loss" methods (they train with train.trainer)')
+        raise ConfigError(f"{path}.trainer", "is a loss trainer, not a meta-learned method", name,
+                          'compare losses with kind = "loss" methods (they train with train.trainer)')
     if name not in registered:
-        raise _unknown_name(f"{path}.trainer", name, [t for t in registered if t not in LOSS_TRAINERS])
+        raise unknown_name(f"{path}.trainer", name, [t for t in registered if t not in LOSS_TRAINERS])
     try:
         trainer, spec = build_trainer(method)
     except (TypeError, ValueError) as exc:
-        raise _error(f"{path}.options", f"rejected by trainer {name!r} ({exc})", method.options or {},
-                     "use the options the trainer documents") from None
+        raise ConfigError(f"{path}.options", f"rejected by trainer {name!r} ({exc})", method.options or {},
+                          "use the options the trainer documents") from None
     make_method = getattr(trainer, "make_method", None)
     if not callable(make_method):
         return False
     try:
         return bool(getattr(make_method(spec), "needs_clean_meta", False))
     except (TypeError, ValueError) as exc:
-        raise _error(f"{path}.family", f"trainer {name!r} cannot use this base loss ({exc})", method.family,
-                     "use the family the trainer learns, or leave family out") from None
+        raise ConfigError(f"{path}.family", f"trainer {name!r} cannot use this base loss ({exc})", method.family,
+                          "use the family the trainer learns, or leave family out") from None
 
 
 def _check_method(i: int, method: MethodSection, meta_per_class: int) -> MethodSection:
@@ -317,29 +263,12 @@ def _check_method(i: int, method: MethodSection, meta_per_class: int) -> MethodS
         else:
             method = dataclasses.replace(method, params=full)
     if method.kind == "trainer" and _check_trainer(path, method) and meta_per_class == 0:
-        raise _error("compare.meta_per_class", f"is 0 but method {method.name!r} needs a clean meta set", 0,
-                     "set compare.meta_per_class >= 1 (e.g. 10)")
+        raise ConfigError("compare.meta_per_class", f"is 0 but method {method.name!r} needs a clean meta set", 0,
+                          "set compare.meta_per_class >= 1 (e.g. 10)")
     return method
 
 
 # --- task-group checks ---------------------------------------------------------------------------
-def _check_registries(path: str, group: TaskGroupSection) -> None:
-    """Dataset, architecture and noise names against the workers' registries (as the search config does)."""
-    from evoloss.workers.archs import get_arch
-    from evoloss.workers.datasets import get_dataset_entry
-    from evoloss.workers.noise import validate_noise_spec
-    from evoloss.workers.task import NoiseSpec
-
-    specs = [NoiseSpec(kind=n.type, rate=n.rate, convention=n.convention, imbalance=n.imbalance) for n in group.noise]
-    for key, check, values in (("datasets", get_dataset_entry, group.datasets), ("archs", get_arch, group.archs),
-                               ("noise", validate_noise_spec, specs)):
-        for j, value in enumerate(values):
-            try:
-                check(value)
-            except (ValueError, TypeError) as exc:
-                raise ValueError(f"config {path}.{key}[{j}]: {exc}") from None
-
-
 def noise_label(noise: NoiseSection) -> str:
     """``symmetric0.8-exact``: the noise part of a task's key (workers.task.Task.key)."""
     if noise.type == "none":
@@ -353,27 +282,25 @@ def _check_task_groups(groups: tuple[TaskGroupSection, ...]) -> None:
     for i, group in enumerate(groups):
         path = f"tasks[{i}]"
         if not group.name.strip():
-            raise _error(f"{path}.name", "must be a non-empty name", group.name, 'write e.g. name = "seen"')
+            raise ConfigError(f"{path}.name", "must be a non-empty name", group.name, 'write e.g. name = "seen"')
         if group.name in {g.name for g in groups[:i]}:
-            raise _error(f"{path}.name", "repeats the name of another task group", group.name,
-                         "give each group its own name")
-        for j, noise in enumerate(group.noise):
-            if noise.type == "none" and noise.rate != 0.0:
-                raise _error(f"{path}.noise[{j}].rate", "type 'none' takes no rate", noise.rate, "set rate = 0.0")
-        _check_registries(path, group)
+            raise ConfigError(f"{path}.name", "repeats the name of another task group", group.name,
+                              "give each group its own name")
+        check_noise(f"{path}.noise", group.noise)
+        check_task_names(path, group.datasets, group.archs, group.noise)
         for dataset, arch, noise in itertools.product(group.datasets, group.archs, group.noise):
             label = f"{dataset}/{arch}/{noise_label(noise)}"
             if label in owner and owner[label] != group.name:
-                raise _error(path, f"lists task {label} that group {owner[label]!r} already has", group.name,
-                             "list each dataset/arch/noise task in one group (seeds included)")
+                raise ConfigError(path, f"lists task {label} that group {owner[label]!r} already has", group.name,
+                                  "list each dataset/arch/noise task in one group (seeds included)")
             owner[label] = group.name
 
 
 def _check_method_names(methods: tuple[MethodSection, ...]) -> None:
     for i, method in enumerate(methods):
         if method.name in {m.name for m in methods[:i]}:
-            raise _error(f"methods[{i}].name", "repeats the name of another method", method.name,
-                         "give each method its own name")
+            raise ConfigError(f"methods[{i}].name", "repeats the name of another method", method.name,
+                              "give each method its own name")
 
 
 def parse_compare_config(data: Mapping[str, Any]) -> CompareConfig:
@@ -382,21 +309,18 @@ def parse_compare_config(data: Mapping[str, Any]) -> CompareConfig:
     Raises:
         ValueError: for the first problem found, naming the key path, the value and the fix.
     """
-    if not isinstance(data, Mapping):
-        raise _error("<root>", "must be a table of sections", data, f"use sections {', '.join(ROOT_KEYS)}")
-    for key in data:
-        if key not in ROOT_KEYS:
-            raise _unknown("<root>", str(key), list(ROOT_KEYS))
+    check_root(data, list(ROOT_KEYS))
     for key in _LISTS:
         if key not in data:
-            raise _error(key, "is missing", None, f"add one or more [[{key}]] tables")
-    parts: dict[str, Any] = {name: _table(cls, data[name], name) for name, cls in _TABLES.items() if name in data}
-    parts.update({name: _tables(cls, data[name], name) for name, cls in _LISTS.items()})
+            raise ConfigError(key, "is missing", None, f"add one or more [[{key}]] tables")
+    parts: dict[str, Any] = {name: build_section(cls, data[name], name)
+                             for name, cls in _TABLES.items() if name in data}
+    parts.update({name: build_sections(cls, data[name], name) for name, cls in _LISTS.items()})
     config = CompareConfig(**parts)
-    _check_relations(SearchConfig(train=config.train))  # the search config's train.val/test rules
+    check_train(config.train)  # the search config's train.val/test rules
     if config.cluster.engine != "native":
-        raise _error("cluster.engine", "must be 'native' for a compare (Ray Tune runs searches only)",
-                     config.cluster.engine, 'remove it or set engine = "native"')
+        raise ConfigError("cluster.engine", "must be 'native' for a compare (Ray Tune runs searches only)",
+                          config.cluster.engine, 'remove it or set engine = "native"')
     _check_method_names(config.methods)
     methods = tuple(_check_method(i, m, config.compare.meta_per_class) for i, m in enumerate(config.methods))
     _check_task_groups(config.tasks)
@@ -406,8 +330,7 @@ def parse_compare_config(data: Mapping[str, Any]) -> CompareConfig:
 # --- loading -------------------------------------------------------------------------------------
 def list_compare_presets() -> list[str]:
     """Names of the compare presets shipped in ``search/compare_presets/`` (without .toml)."""
-    folder = resources.files("evoloss.search").joinpath(PRESET_FOLDER)
-    return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
+    return preset_names("compare")
 
 
 def _named_entry(data: dict[str, Any], key: str, override: str, value: Any) -> None:
@@ -418,12 +341,12 @@ def _named_entry(data: dict[str, Any], key: str, override: str, value: Any) -> N
     if not isinstance(entries, list) or name not in names:
         close = difflib.get_close_matches(name, [str(n) for n in names], n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise _error(f"--set {override}", f"names no entry of {section}", name,
-                     f"{hint}{section} entries are: {', '.join(map(str, names)) or 'none'}")
+        raise ConfigError(override, f"names no entry of {section}", name,
+                          f"{hint}{section} entries are: {', '.join(map(str, names)) or 'none'}")
     if not rest:
-        raise _error(f"--set {override}", "must name a key of the entry", name, f"write {section}.{name}.KEY=VALUE")
+        raise ConfigError(override, "must name a key of the entry", name, f"write {section}.{name}.KEY=VALUE")
     index = names.index(name)
-    entries[index] = _merge(entries[index], _nested({".".join(rest): value}))
+    entries[index] = merge(entries[index], nested({".".join(rest): value}))
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -435,70 +358,42 @@ def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> di
         if head in _LISTS and "." in str(key):
             _named_entry(out, str(key), f"{key}", value)
         else:
-            out = _merge(out, _nested({key: value}))
+            out = merge(out, nested({key: value}))
     return out
 
 
 def load_compare_config(path: str | Path | None = None, preset: str | None = None,
-                        overrides: Mapping[str, Any] | None = None) -> CompareConfig:
-    """A compare preset, then a TOML file, then overrides, merged in that order and validated.
+                        overrides: Mapping[str, Any] | None = None, *,
+                        data: Mapping[str, Any] | None = None) -> CompareConfig:
+    """A compare preset, then a TOML file, then ``data``, then overrides, merged in that order and validated.
+
+    ``data`` is a compare config as Python data (e.g. `compare_config_dict` of a config); None values
+    in it mean unset.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: an unknown preset, invalid TOML or any invalid setting (`parse_compare_config`).
+        ConfigError: (a ValueError) an unknown preset (key ``preset``), invalid TOML or any invalid
+            setting (`parse_compare_config`).
     """
-    data: dict[str, Any] = {}
-    if preset is not None:
-        if preset not in list_compare_presets():
-            raise _unknown_name("--preset", str(preset), list_compare_presets())
-        text = resources.files("evoloss.search").joinpath(PRESET_FOLDER, f"{preset}.toml").read_text(encoding="utf-8")
-        data = _read_toml(text, f"compare preset {preset!r}")
-    if path is not None:
-        file = Path(path)
-        if not file.is_file():
-            raise FileNotFoundError(f"config file {str(file)!r} does not exist")
-        data = _merge(data, _read_toml(file.read_text(encoding="utf-8"), repr(str(file))))
+    merged = preset_and_file("compare", preset, path, "compare preset", data)
     if overrides:
-        data = apply_overrides(data, overrides)
-    return parse_compare_config(data)
+        merged = apply_overrides(merged, overrides)
+    return parse_compare_config(merged)
 
 
 # --- writing -------------------------------------------------------------------------------------
-def _toml_key(key: str) -> str:
-    """A bare TOML key when it may be one (letters, digits, ``_``, ``-``), else a quoted one."""
-    return key if key and all(c.isascii() and (c.isalnum() or c in "_-") for c in key) else json.dumps(key)
-
-
-def _inline(value: Any) -> str:
-    """A TOML inline value; tables as ``{key = value}`` (the search config's writer for the rest)."""
-    if isinstance(value, Mapping):
-        items = (f"{_toml_key(str(k))} = {_inline(v)}" for k, v in value.items())
-        return "{" + ", ".join(items) + "}"
-    if isinstance(value, list):
-        return "[" + ", ".join(_inline(v) for v in value) + "]"
-    return _toml_value(value)
-
-
-def _section_lines(obj: Any) -> list[str]:
-    lines = []
-    for f in dataclasses.fields(obj):
-        value, doc = getattr(obj, f.name), f.metadata["doc"]
-        lines.append(f"# {f.name} = (unset)  # {doc}" if value is None else f"{f.name} = {_inline(value)}  # {doc}")
-    return lines
-
-
 def resolved_compare_toml(config: CompareConfig) -> str:
     """The whole compare config as TOML, every default written out (methods: the keys their kind uses)."""
     lines = ["# evoloss compare config, resolved: every setting written out (run it with: evoloss compare FILE)"]
     for name in ("compare", "train", "cluster", "output"):
-        lines += [f"\n[{name}]", *_section_lines(getattr(config, name))]
+        lines += [f"\n[{name}]", *section_lines(getattr(config, name))]
     for method in config.methods:
-        lines += ["\n[[methods]]", *(line for line in _section_lines(method) if not line.startswith("# "))]
+        lines += ["\n[[methods]]", *section_lines(method, skip_unset=True)]
     for group in config.tasks:
-        lines += ["\n[[tasks]]", *_section_lines(group)]
+        lines += ["\n[[tasks]]", *section_lines(group)]
     return "\n".join(lines) + "\n"
 
 
 def compare_config_dict(config: CompareConfig) -> dict[str, Any]:
     """The config as plain JSON data (tuples as lists, unset as None)."""
-    return json.loads(json.dumps(dataclasses.asdict(config)))
+    return plain_data(config)

@@ -1,7 +1,9 @@
-"""The generation loop: ask → decode → dispatch → record → tell → checkpoint (ARCHITECTURE.md).
+"""The generation loop: ask → decode → dispatch → record → tell → checkpoint (docs/architecture.md).
 
-`run_search(config, pool, store)` drives one search. The coordinator is not the strategy
-(STYLE.md): it maps jobs to candidates, turns records into rows, and tells `CMAStrategy` only
+`run_search(config, pool, store)` drives one search through a `GenerationLoop`, the per-generation
+steps every engine shares (resume from the store's state, ask, decode, build jobs, progress lines,
+finish and store the generation, stop reasons, summary); `search.tune_engine` drives the same loop
+from a Ray Tune searcher. The coordinator is not the strategy: it maps jobs to candidates, turns records into rows, and tells `CMAStrategy` only
 about complete generations. Each generation is stored as one unit — evaluation rows, its
 generation row, then the strategy state (`ResultStore` contract) — so a search killed at any point
 resumes from its last complete generation with the same trajectory and no duplicated rows.
@@ -13,7 +15,6 @@ failure policy ranks the rest.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -24,12 +25,13 @@ import numpy as np
 from evoloss import losses
 from evoloss.losses import LossSpec
 from evoloss.losses.versions import evoloss_version
+from evoloss.results.queries import best_candidate
 from evoloss.results.schema import SCHEMA_VERSION
 from evoloss.results.store import ResultStore
 from evoloss.search.config import SearchConfig, config_dict, initial_genome
 from evoloss.search.grid import fitness_from_rows, grid_from_config, metric_column
 from evoloss.search.strategy import CMAStrategy
-from evoloss.workers.ray_actors import Job
+from evoloss.workers.jobs import Job
 from evoloss.workers.noise import convention_name
 from evoloss.workers.task import Task
 
@@ -175,6 +177,92 @@ def finish_generation(config: SearchConfig, strategy: CMAStrategy, store: Result
     return gen_row, rows
 
 
+@dataclass
+class GenerationPlan:
+    """One generation as asked of the strategy: its genomes, their specs, its tasks and jobs."""
+
+    index: int
+    genomes: np.ndarray
+    specs: list[LossSpec]
+    tasks: list[Task]
+    jobs: list[Job]
+    started: float  # perf_counter() when the generation was asked (its generation row's wall_s)
+
+
+class GenerationLoop:
+    """The generation loop every engine drives: resume, ask → jobs, progress, finish, stop, summary.
+
+    An engine calls `start` for a generation's jobs, runs them its own way (a pool, Tune trials),
+    reports ``job_ended`` as they end and hands every result to `finish`; it starts the next
+    generation until `finished`. ``resumed_from`` is the store's last complete generation when the
+    loop was built (None for a new run); ``history`` holds this call's generation rows.
+    """
+
+    def __init__(self, config: SearchConfig, store: ResultStore, *, run_id: str, progress: ProgressFn | None = None,
+                 max_new_generations: int | None = None) -> None:
+        self.config, self.store, self.run_id = config, store, run_id
+        self.say: ProgressFn = progress or (lambda _line: None)
+        self.max_new_generations = max_new_generations
+        self.grid = grid_from_config(config)
+        saved = store.load_state()
+        self.strategy: CMAStrategy
+        self.resumed_from: int | None
+        self.restore(None if saved is None else saved[0], None if saved is None else saved[1])
+        self.history: list[dict] = []
+        self.train_s, self.started, self.done_now = 0.0, time.perf_counter(), 0
+
+    def restore(self, generation: int | None, state: Mapping[str, Any] | None) -> None:
+        """Continue after ``generation`` from its stored ``state`` (None, None: from the start)."""
+        self.strategy = make_strategy(self.config)
+        if state is not None:
+            self.strategy.restore(state["strategy"])
+        self.resumed_from = generation
+
+    def finished(self) -> bool:
+        """True when no further generation starts: the strategy stopped or ``max_new_generations`` ran."""
+        limit = self.max_new_generations
+        return bool(self.strategy.stop()) or (limit is not None and self.done_now >= limit)
+
+    def jobs_per_generation(self, actors: int) -> int:
+        """How many jobs `start` forms per generation on ``actors`` (a function of the counts only)."""
+        genomes = np.zeros((self.config.search.popsize, self.strategy.config["dim"]))
+        specs = decode_candidates(self.config.search.family, genomes)
+        tasks = self.grid.tasks_for_generation(self.strategy.generation)
+        return len(make_jobs(0, tasks, specs, self.config.train.trainer, actors))
+
+    def start(self, actors: int) -> GenerationPlan:
+        """Ask the strategy for the next generation and form its jobs for ``actors`` actors."""
+        started = time.perf_counter()
+        g = self.strategy.generation
+        genomes = self.strategy.ask()
+        specs = decode_candidates(self.config.search.family, genomes)
+        tasks = self.grid.tasks_for_generation(g)
+        jobs = make_jobs(g, tasks, specs, self.config.train.trainer, actors)
+        return GenerationPlan(index=g, genomes=genomes, specs=specs, tasks=tasks, jobs=jobs, started=started)
+
+    def job_ended(self, plan: GenerationPlan, ended: int) -> None:
+        """Progress within a generation: ``ended`` of its jobs have ended."""
+        self.say(f"\rgen {plan.index}: {min(ended, len(plan.jobs))}/{len(plan.jobs)} jobs")
+
+    def finish(self, plan: GenerationPlan, results: Sequence[Any]) -> dict:
+        """Store the generation (`finish_generation`, results in job order) and print its line;
+        returns its generation row."""
+        gen_row, rows = finish_generation(self.config, self.strategy, self.store, run_id=self.run_id,
+                                          generation=plan.index, genomes=plan.genomes, specs=plan.specs,
+                                          tasks=plan.tasks, jobs=plan.jobs, results=results, started=plan.started)
+        self.train_s += sum(r["wall_s"] for r in rows)
+        self.done_now += 1
+        self.history.append(gen_row)
+        self.say(_progress_line(gen_row, plan.index, self.config.search.generations,
+                                time.perf_counter() - self.started, self.done_now))
+        return gen_row
+
+    def summary(self) -> SearchSummary:
+        """The search so far: the store's complete generations, the stop reasons, this call's timings."""
+        return _summary(self.config, self.store, self.strategy, self.run_id, time.perf_counter() - self.started,
+                        self.train_s, self.resumed_from, self.history)
+
+
 def run_search(config: SearchConfig, pool: JobRunnerPool, store: ResultStore, *, run_id: str,
                progress: ProgressFn | None = None, max_new_generations: int | None = None) -> SearchSummary:
     """Run (or resume) the search of ``config`` until the strategy stops.
@@ -184,65 +272,31 @@ def run_search(config: SearchConfig, pool: JobRunnerPool, store: ResultStore, *,
     ``max_new_generations`` stops early after that many generations of this call (tests use it to
     simulate an interrupted run).
     """
-    say = progress or (lambda _line: None)
-    grid = grid_from_config(config)
-    saved = store.load_state()
-    strategy = make_strategy(config)
-    resumed_from = None
-    if saved is not None:
-        resumed_from, state = saved
-        strategy.restore(state["strategy"])
-    t_start = time.perf_counter()
-    train_s = 0.0
-    done_now = 0
-    history: list[dict] = []
-    while not strategy.stop():
-        if max_new_generations is not None and done_now >= max_new_generations:
-            break
-        g = strategy.generation
-        t0 = time.perf_counter()
-        genomes = strategy.ask()
-        specs = decode_candidates(config.search.family, genomes)
-        tasks = grid.tasks_for_generation(g)
-        jobs = make_jobs(g, tasks, specs, config.train.trainer, pool.size)
-        finished = [0]
+    loop = GenerationLoop(config, store, run_id=run_id, progress=progress, max_new_generations=max_new_generations)
+    while not loop.finished():
+        plan = loop.start(pool.size)
+        ended = [0]
 
-        def on_result(res: Any, total: int = len(jobs)) -> None:
-            finished[0] += 1
-            say(f"\rgen {g}: {finished[0]}/{total} jobs")
+        def on_result(_res: Any, plan: GenerationPlan = plan) -> None:
+            ended[0] += 1
+            loop.job_ended(plan, ended[0])
 
-        results = pool.run_jobs(jobs, timeout_s=config.cluster.timeout_s, on_result=on_result)
-        gen_row, rows = finish_generation(config, strategy, store, run_id=run_id, generation=g, genomes=genomes,
-                                          specs=specs, tasks=tasks, jobs=jobs, results=results, started=t0)
-        train_s += sum(r["wall_s"] for r in rows)
-        done_now += 1
-        history.append(gen_row)
-        say(_progress_line(gen_row, g, config.search.generations, time.perf_counter() - t_start, done_now))
-    return _summary(config, store, strategy, run_id, time.perf_counter() - t_start, train_s, resumed_from, history)
+        results = pool.run_jobs(plan.jobs, timeout_s=config.cluster.timeout_s, on_result=on_result)
+        loop.finish(plan, results)
+    return loop.summary()
 
 
 def _progress_line(gen_row: Mapping, g: int, total: int, elapsed: float, done_now: int) -> str:
+    """The line printed after generation ``g`` (of ``total``): fitness, sigma, speed, failures, ETA."""
     eta = elapsed / done_now * max(total - g - 1, 0)
     return (f"\rgen {g + 1}/{total}  best {gen_row['best_fitness']:.4f}  mean {gen_row['mean_fitness']:.4f}  "
             f"sigma {gen_row['sigma']:.3g}  {gen_row['evals_per_s']:.2f} evals/s  "
             f"failed {gen_row['failed']}  ETA {eta:.0f}s\n")
 
 
-def best_candidate(store: ResultStore, metric_rule: str) -> tuple[LossSpec, float, int, int] | None:
-    """The best (spec, fitness, generation, candidate) over every complete generation, or None."""
-    gens = store.read_generations(complete_only=True)
-    gens = gens[np.isfinite(gens["best_fitness"])]
-    if gens.empty:
-        return None
-    top = gens.sort_values(["best_fitness", "generation"], ascending=[False, True]).iloc[0]
-    evals = store.read(complete_only=True)
-    row = evals[(evals["generation"] == top["generation"]) & (evals["candidate"] == top["best_candidate"])].iloc[0]
-    spec = LossSpec(row["family"], json.loads(row["params"]))
-    return spec, float(top["best_fitness"]), int(top["generation"]), int(top["best_candidate"])
-
-
 def _summary(config: SearchConfig, store: ResultStore, strategy: CMAStrategy, run_id: str, wall: float,
-             train_s: float, resumed_from: int | None, history: list[dict]) -> SearchSummary:
+                   train_s: float, resumed_from: int | None, history: list[dict]) -> SearchSummary:
+    """The `SearchSummary` of a search whose strategy is ``strategy``, read from its store."""
     best = best_candidate(store, config.grid.metric_rule)
     evals = store.read(complete_only=True)
     return SearchSummary(

@@ -6,9 +6,9 @@ reports each job as it finishes, and never lets one job stall a generation:
 - an actor that dies (``RayActorError``/``ActorDiedError``, a crashed worker, a lost node) is
   replaced by a fresh one and its job re-run, at most ``max_retries`` times; after that the job's
   candidates come back ``failed`` with the reason;
-- a job that runs past ``timeout_s`` comes back ``timeout`` (REFERENCE.md §5.2: time stragglers out
+- a job that runs past ``timeout_s`` comes back ``timeout`` (CMA-ES tolerates a few badly scored candidates: time stragglers out
   instead of stalling); its actor is killed with ``ray.kill`` and replaced, the other jobs go on;
-- a trainer that raises comes back ``failed`` from the actor itself (workers/ray_actors.py).
+- a trainer that raises comes back ``failed`` from the actor itself (workers/jobs.py, run by the actor in workers/ray_actors.py).
 
 ``ray.util.ActorPool`` is not used: it does not re-run a job whose actor died, has no per-job
 timeout, and hands back results without their job. The loop waits with ``ray.wait(num_returns=1,
@@ -30,23 +30,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 from evoloss.search.ray_runtime import RayActorError, RayError, RayTaskError, ray
 
-from evoloss.workers.ray_actors import DEFAULT_MATERIALIZER, DEFAULT_TRAINER_MODULES, EvalActor, Job, failure_records
-
-JOB_STATUSES = ("ok", "failed", "timeout")
-
-
-@dataclass
-class JobResult:
-    """What came back for one job. ``status`` is ``ok`` when the trainer returned (its records may still
-    say ``diverged``/``failed`` per candidate), ``failed`` or ``timeout`` when the pool gave up on it."""
-
-    job_id: str
-    status: str
-    records: list[dict[str, Any]]
-    attempts: int
-    wall_s: float
-    node_ip: str = ""
-    error: str = ""
+from evoloss.workers.jobs import (
+    DEFAULT_MATERIALIZER, DEFAULT_TRAINER_MODULES, JOB_STATUSES, Job, JobResult, failure_records,
+)
+from evoloss.workers.ray_actors import EvalActor
 
 
 @dataclass(frozen=True)
@@ -241,7 +228,7 @@ def _check_jobs(jobs: Sequence[Job], timeout_s: float | None) -> None:
         raise ValueError(f"timeout_s must be a positive number of seconds or None; got {timeout_s!r}")
     ids = [getattr(j, "job_id", None) for j in jobs]
     if not all(isinstance(j, Job) for j in jobs):
-        raise TypeError("run_jobs expects workers.ray_actors.Job objects")
+        raise TypeError("run_jobs expects evoloss.workers.jobs.Job objects")
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})
         raise ValueError(f"job ids must be unique within one run_jobs call; duplicated: {dup}")

@@ -197,9 +197,7 @@ def grid_from_config(config: SearchConfig) -> TaskGrid:
         momentum=train.momentum, weight_decay=train.weight_decay, schedule=train.schedule, grad_clip=train.grad_clip,
     )
     splits = Splits(val=_split_size(train.val), test=_split_size(train.test), max_train=train.max_train)
-    noises = tuple(
-        NoiseSpec(kind=n.type, rate=n.rate, convention=n.convention, imbalance=n.imbalance) for n in grid.noise
-    )
+    noises = tuple(n.to_spec() for n in grid.noise)
     return TaskGrid(
         datasets=grid.datasets, archs=grid.archs, noises=noises, seeds=grid.seeds, mode=grid.mode,
         subset_size=grid.subset_size, subset_seed=config.search.seed, metric_rule=grid.metric_rule,

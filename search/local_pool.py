@@ -1,7 +1,7 @@
 """`InProcessPool`: the dispatcher contract without Ray — jobs run one by one in this process.
 
 For unit tests of the coordinator and for debugging a trainer with a plain traceback. It gives the
-same records as `search.dispatch.ActorPool` (both call `workers.ray_actors.JobRunner`), but it has
+same records as `search.dispatch.ActorPool` (both call `workers.jobs.JobRunner`), but it has
 no timeouts and no actor replacement: a job that hangs, hangs.
 """
 from __future__ import annotations
@@ -9,8 +9,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Sequence
 
-from evoloss.search.dispatch import JobResult
-from evoloss.workers.ray_actors import Job, JobRunner
+from evoloss.workers.jobs import Job, JobResult, JobRunner
 
 
 class InProcessPool:

@@ -1,7 +1,7 @@
 """Starting Ray for evoloss: an embedded single node on 127.0.0.1 (default) or joining a cluster.
 
 `start_ray()` is a context manager that shuts Ray down on exit. The embedded default follows
-REFERENCE.md §6: usage stats off, one ``RAY_AUTH_MODE`` for every process (``disabled`` unless the
+Set-up: usage stats off, one ``RAY_AUTH_MODE`` for every process (``disabled`` unless the
 environment sets one), no dashboard, and ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` so that Ray takes
 127.0.0.1 as its node address and binds its servers there (by default it picks the machine's
 external interface, and even rewrites a given ``127.0.0.1``). Ray reads that switch when it is
@@ -206,7 +206,7 @@ def _check_loopback(runtime: RayRuntime) -> None:
     if outside:
         raise RuntimeError(
             f"the embedded Ray is reachable outside loopback: {outside}. Set {_CLUSTER_SWITCH}=0 in the "
-            "environment before Python starts, or join a cluster with --address"
+            "environment before Python starts, or join an existing cluster (cluster.address)"
         )
 
 

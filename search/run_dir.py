@@ -17,10 +17,12 @@ def atomic_write_text(path: Path, text: str) -> None:
 def check_new_run_dir(run_dir: Path) -> None:
     """A new run needs an absent or empty directory (never mix two runs' rows)."""
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-        raise ValueError(
-            f"run directory {str(run_dir)!r} already exists and is not empty; pass --resume to continue it, "
-            "or choose another --out"
-        )
+        from evoloss.search.config_fields import ConfigError
+
+        raise ConfigError("out", "already exists and is not empty", str(run_dir),
+                          "resume that run, or choose another run directory",
+                          f"run directory {str(run_dir)!r} already exists and is not empty; resume that run, "
+                          "or choose another run directory")
 
 
 def create_run_dir(run_dir: Path, config: SearchConfig) -> None:
@@ -30,7 +32,7 @@ def create_run_dir(run_dir: Path, config: SearchConfig) -> None:
 
 
 def load_run_config(run_dir: Path) -> SearchConfig:
-    """The config a run was started with (for --resume, status and export)."""
+    """The config a run was started with (for resuming, status and export)."""
     path = run_dir / CONFIG_NAME
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {str(run_dir)!r} does not exist")

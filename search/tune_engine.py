@@ -1,16 +1,16 @@
 """The search under Ray Tune: the evaluation as a Tune trainable, CMA-ES as a Tune `Searcher`.
 
 `run_search_tune` runs the same search as `search.coordinator.run_search` (same jobs, rows,
-generation rows, state and resume through the same store and the same coordinator helpers), but
+generation rows, state and resume through the same store and the same `GenerationLoop`), but
 `ray.tune.Tuner` schedules the jobs:
 
-- `EvalTrainable` (class trainable, ``reuse_actors=True``) runs one `workers.ray_actors.Job` per
+- `EvalTrainable` (class trainable, ``reuse_actors=True``) runs one `workers.jobs.Job` per
   trial through a `JobRunner` that lives as long as the actor, so a reused actor keeps its imported
-  torch and its task-data cache (REFERENCE.md §6: a fresh trial costs ~3–4 s, a reused one ~0.03 s).
+  torch and its task-data cache (measured here: a fresh trial costs ~3–4 s, a reused one ~0.03 s).
   A job running past ``cluster.timeout_s`` raises `JobTimedOut`; the errored actor is then stopped.
 - `CMASearcher` hands out one job per ``suggest`` from the current generation, collects the records
   in ``on_trial_complete`` and, once every job of the generation has a result, tells the strategy
-  and stores the generation. It is wrapped in ``ConcurrencyLimiter(batch=True)`` (STYLE.md: the
+  and stores the generation. It is wrapped in ``ConcurrencyLimiter(batch=True)`` (the
   generation barrier), with ``max_concurrent`` = the jobs of one generation.
 
 Failure rules (the native pool's, `search.dispatch`): a trainer that raises comes back as
@@ -46,23 +46,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-import numpy as np
-
-from evoloss.losses import LossSpec
 from evoloss.results.store import ResultStore
 from evoloss.search.config import ClusterSection, SearchConfig
 from evoloss.search.ray_runtime import ray, tune_api
-from evoloss.search.coordinator import (
-    ProgressFn, SearchSummary, _progress_line, _summary, decode_candidates, finish_generation, generation_state,
-    make_jobs, make_strategy,
-)
-from evoloss.search.dispatch import JobResult, actor_count, dispatch_order
-from evoloss.search.grid import grid_from_config
+from evoloss.search.coordinator import GenerationLoop, GenerationPlan, ProgressFn, SearchSummary, generation_state
+from evoloss.search.dispatch import actor_count, dispatch_order
+from evoloss.search.strategy import CMAStrategy
 from evoloss.search.ray_runtime import start_ray
-from evoloss.workers.ray_actors import (
-    DEFAULT_MATERIALIZER, DEFAULT_TRAINER_MODULES, Job, JobRunner, failure_records, pick_device, threads_for,
+from evoloss.workers.jobs import (
+    DEFAULT_MATERIALIZER, DEFAULT_TRAINER_MODULES, Job, JobResult, JobRunner, failure_records, pick_device,
+    threads_for,
 )
-from evoloss.workers.task import Task
 
 _TUNE = tune_api()
 tune = _TUNE.tune
@@ -154,18 +148,21 @@ class EvalTrainable(tune.Trainable):
 
 @dataclass
 class _Generation:
-    """The jobs of one generation and what came back for them."""
+    """The jobs of one generation (its `GenerationPlan`) and what came back for them."""
 
-    index: int
-    genomes: np.ndarray
-    specs: list[LossSpec]
-    tasks: list[Task]
-    jobs: list[Job]
-    started: float
+    plan: GenerationPlan
     queue: deque[int]
     attempts: list[int]
     results: dict[int, JobResult] = field(default_factory=dict)
     trials_ended: int = 0
+
+    @property
+    def index(self) -> int:
+        return self.plan.index
+
+    @property
+    def jobs(self) -> list[Job]:
+        return self.plan.jobs
 
     def job_result(self, index: int, records: list[dict], status: str, wall_s: float, error: str = "") -> None:
         self.results[index] = JobResult(self.jobs[index].job_id, status, records, self.attempts[index], wall_s,
@@ -182,8 +179,8 @@ class CMASearcher(Searcher):
     ``suggest`` returns the next job of the current generation (longest first), None while the
     generation's last jobs run, and ``FINISHED`` once the strategy stops (or after
     ``max_new_generations``). ``on_trial_complete`` turns each trial into a `JobResult`; the last one
-    completes the generation: rows, fitness, tell, generation row, store, state — the coordinator's
-    helpers, in its order. An error in that step (e.g. the store) is kept in ``failure`` and ends
+    completes the generation through the coordinator's `GenerationLoop` (rows, fitness, tell,
+    generation row, store, state, in its order). An error in that step (e.g. the store) is kept in ``failure`` and ends
     the search (Tune would otherwise only log it); `run_search_tune` re-raises it.
     """
 
@@ -195,16 +192,8 @@ class CMASearcher(Searcher):
             raise ValueError(f"CMASearcher: actors must be an integer >= 1 (trials that run at once); got {actors!r}")
         self.config, self.store, self.run_id, self.actors = config, store, run_id, actors
         self.options = options or TuneEngineOptions()
-        self.say = progress or (lambda _line: None)
-        self.max_new_generations = max_new_generations
-        self.grid = grid_from_config(config)
-        self.strategy = make_strategy(config)
-        saved = store.load_state()
-        self.resumed_from = None if saved is None else saved[0]
-        if saved is not None:
-            self.strategy.restore(saved[1]["strategy"])
-        self.history: list[dict] = []
-        self.train_s, self.started, self.done_now = 0.0, time.perf_counter(), 0
+        self.loop = GenerationLoop(config, store, run_id=run_id, progress=progress,
+                                   max_new_generations=max_new_generations)
         self.failure: BaseException | None = None
         self.error_text = lambda trial_id: ""  # set by the `TrialWatcher` of the run
         self._current: _Generation | None = None
@@ -213,17 +202,23 @@ class CMASearcher(Searcher):
                         "materializer": self.options.materializer,
                         "trainer_modules": list(self.options.trainer_modules)}
 
+    @property
+    def strategy(self) -> CMAStrategy:
+        """The CMA-ES being searched with (the loop's)."""
+        return self.loop.strategy
+
+    @property
+    def resumed_from(self) -> int | None:
+        """The complete generation this search continued from (None: a new search)."""
+        return self.loop.resumed_from
+
     def jobs_per_generation(self) -> int:
         """How many jobs `make_jobs` forms per generation (a function of the counts only)."""
-        genomes = np.zeros((self.config.search.popsize, self.strategy.config["dim"]))
-        specs = decode_candidates(self.config.search.family, genomes)
-        tasks = self.grid.tasks_for_generation(self.strategy.generation)
-        return len(make_jobs(0, tasks, specs, self.config.train.trainer, self.actors))
+        return self.loop.jobs_per_generation(self.actors)
 
     def finished(self) -> bool:
         """True when no further generation will start."""
-        limit = self.max_new_generations
-        return self.failure is not None or bool(self.strategy.stop()) or (limit is not None and self.done_now >= limit)
+        return self.failure is not None or self.loop.finished()
 
     def suggest(self, trial_id: str) -> dict | str | None:
         if self.failure is not None:
@@ -241,13 +236,8 @@ class CMASearcher(Searcher):
         return {"job": gen.jobs[index].to_dict(), "runner": self._runner, "timeout_s": self.config.cluster.timeout_s}
 
     def _start_generation(self) -> _Generation:
-        g = self.strategy.generation
-        genomes = self.strategy.ask()
-        specs = decode_candidates(self.config.search.family, genomes)
-        tasks = self.grid.tasks_for_generation(g)
-        jobs = make_jobs(g, tasks, specs, self.config.train.trainer, self.actors)
-        return _Generation(index=g, genomes=genomes, specs=specs, tasks=tasks, jobs=jobs, started=time.perf_counter(),
-                           queue=deque(dispatch_order(jobs)), attempts=[0] * len(jobs))
+        plan = self.loop.start(self.actors)
+        return _Generation(plan=plan, queue=deque(dispatch_order(plan.jobs)), attempts=[0] * len(plan.jobs))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         entry, gen = self._trials.pop(trial_id, None), self._current
@@ -281,18 +271,10 @@ class CMASearcher(Searcher):
         gen.job_result(index, failure_records(job, status, text, wall_s=wall), status, wall, error=text)
 
     def _complete_generation(self, gen: _Generation) -> None:
-        """Rows → fitness → tell → generation row → store → state (search.coordinator.run_search's order)."""
-        cfg = self.config
-        results = [gen.results[i] for i in range(len(gen.jobs))]
-        gen_row, rows = finish_generation(cfg, self.strategy, self.store, run_id=self.run_id, generation=gen.index,
-                                          genomes=gen.genomes, specs=gen.specs, tasks=gen.tasks, jobs=gen.jobs,
-                                          results=results, started=gen.started)
-        self.train_s += sum(r["wall_s"] for r in rows)
-        self.done_now += 1
-        self.history.append(gen_row)
+        """Rows → fitness → tell → generation row → store → state (`GenerationLoop.finish`, results in
+        job order)."""
+        self.loop.finish(gen.plan, [gen.results[i] for i in range(len(gen.jobs))])
         self._current = None
-        self.say(_progress_line(gen_row, gen.index, cfg.search.generations, time.perf_counter() - self.started,
-                                self.done_now))
 
     def state_after(self, generation: int) -> dict[str, Any]:
         """The store state after ``generation`` (the same keys as the native coordinator's)."""
@@ -303,7 +285,7 @@ class CMASearcher(Searcher):
         gen = self._current
         if gen is not None and trial_id in self._trials:
             gen.trials_ended += 1  # a re-run job counts once per trial
-            self.say(f"\rgen {gen.index}: {min(gen.trials_ended, len(gen.jobs))}/{len(gen.jobs)} jobs")
+            self.loop.job_ended(gen.plan, gen.trials_ended)
 
     def save(self, checkpoint_path: str) -> None:
         """A JSON snapshot for Tune's experiment checkpoint: the last complete generation's state."""
@@ -317,10 +299,8 @@ class CMASearcher(Searcher):
         snapshot = json.loads(Path(checkpoint_path).read_text(encoding="utf-8"))
         if not isinstance(snapshot, dict) or snapshot.get("format") != "evoloss.tune-searcher/1":
             raise ValueError(f"{checkpoint_path!r} is not a CMASearcher snapshot (written by CMASearcher.save)")
-        self.strategy = make_strategy(self.config)
-        if snapshot["state"] is not None:
-            self.strategy.restore(snapshot["state"]["strategy"])
-        self.resumed_from, self._current, self._trials = snapshot["generation"], None, {}
+        self.loop.restore(snapshot["generation"], snapshot["state"])
+        self._current, self._trials = None, {}
 
 
 class TrialWatcher(tune.Callback):
@@ -435,8 +415,7 @@ def run_search_tune(config: SearchConfig, store: ResultStore, *, run_id: str, ru
                 make_tuner(searcher, cluster, run_dir / "tune", name).fit()
     if searcher.failure is not None:
         raise searcher.failure
-    return _summary(config, store, searcher.strategy, run_id, time.perf_counter() - searcher.started,
-                    searcher.train_s, searcher.resumed_from, searcher.history)
+    return searcher.loop.summary()
 
 
 __all__ = [

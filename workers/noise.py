@@ -1,4 +1,4 @@
-"""Label-noise models behind one registry keyed by ``(kind, convention)`` (REFERENCE.md §3).
+"""Label-noise models behind one registry keyed by ``(kind, convention)`` (docs/noise.md).
 
 Published "r% noise" means different things in different code bases, so every model is a named
 convention and every materialised task records which one it used (``"symmetric/exact"`` ...):
@@ -37,7 +37,7 @@ NOISE_KINDS = ("none", "symmetric", "asymmetric", "instance", "longtail")
 DEFAULT_CONVENTION = {"symmetric": "exact", "asymmetric": "pairflip", "instance": "xia2020", "longtail": "jiang"}
 XIA_FLIP_STD = 0.1  # ding-narl §4.2: flip rate ~ N(r, 0.1²) truncated to [0, 1]
 
-# Class maps of ``asymmetric/semantic`` (REFERENCE.md §3); applied simultaneously. A dataset names its
+# Class maps of ``asymmetric/semantic`` (docs/noise.md); applied simultaneously. A dataset names its
 # map when it registers (``register_dataset(..., semantic_map=...)``): digits, mnist, usps and mnist1d
 # use "digits10", cifar10 uses "cifar10"; every other dataset (fashion_mnist, kmnist, cifar100,
 # synthetic) refuses ``asymmetric/semantic`` with a ValueError that suggests ``pairflip``.

@@ -1,4 +1,4 @@
-"""Disjoint train / val / test / meta / noisy-val index sets of one task (REFERENCE.md §3).
+"""Disjoint train / val / test / meta / noisy-val index sets of one task (docs/noise.md).
 
 Order of operations, each step seeded from the task seed and none consuming another's stream:
 

@@ -15,7 +15,7 @@ import torch
 
 @dataclass(frozen=True)
 class NoiseSpec:
-    """Label noise applied to the training split (REFERENCE.md §3).
+    """Label noise applied to the training split (docs/noise.md).
 
     kind: ``none | symmetric | asymmetric | instance | longtail``.
     convention: for ``symmetric`` one of ``exact`` (exact rate, other class; APL), ``transition``

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from evoloss.losses.plugin import read_loss_file
-from evoloss.losses.registry import LossSpec
-from evoloss.results.loss_shapes import plot_loss_shapes
+if TYPE_CHECKING:
+    from evoloss.losses.registry import LossSpec
+
 
 NAME = "plot-loss"
 HELP = "Draw loss vs predicted probability (gao-arl Fig. 2 style) for one or more loss specs into a PNG."
@@ -30,9 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def labelled_specs(paths: list[str]) -> list[tuple[str, LossSpec]]:
+def labelled_specs(paths: list[str]) -> list[tuple[str, "LossSpec"]]:
     """``(label, spec)`` for each file; a label seen before gets the file path appended."""
-    entries: list[tuple[str, LossSpec]] = []
+    from evoloss.losses.plugin import read_loss_file
+
+    entries: list[tuple[str, "LossSpec"]] = []
     seen: set[str] = set()
     for path in paths:
         label, spec = read_loss_file(path)
@@ -45,6 +48,8 @@ def labelled_specs(paths: list[str]) -> list[tuple[str, LossSpec]]:
 
 def run(args: argparse.Namespace) -> int:
     """Read every spec, draw the figure, print where it went; bad input raises ValueError (exit 2)."""
+    from evoloss.results.loss_shapes import plot_loss_shapes
+
     entries = labelled_specs(list(args.specs))
     out = plot_loss_shapes(entries, args.out, num_classes=args.classes)
     print(f"wrote {out} ({len(entries)} loss{'es' if len(entries) > 1 else ''}, C={args.classes})")

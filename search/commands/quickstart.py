@@ -13,14 +13,6 @@ import argparse
 import shutil
 from pathlib import Path
 
-from evoloss.results.report import write_report
-from evoloss.search.commands import compare as compare_cmd
-from evoloss.search.commands import search as search_cmd
-from evoloss.search.commands.export import export_best
-from evoloss.search.compare_config import load_compare_config
-from evoloss.search.config import load_config, parse_override
-from evoloss.search.run_dir import create_run_dir, load_run_config
-
 NAME = "quickstart"
 HELP = "run the main job: a quick search, export of the best loss, and a comparison on held-out tasks"
 
@@ -34,42 +26,39 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override a key of the quick compare config, e.g. --compare-set train.epochs=5")
 
 
-def _search_phase(out: Path, args: argparse.Namespace) -> Path:
-    run = out / "search"
-    overrides = dict(parse_override(s) for s in args.set)
-    if (run / "config.toml").is_file():
-        config = load_run_config(run)
-        print(f"[1/3] search: continuing {run} (remove it to start over)")
-    else:
-        config = load_config(preset="quick", overrides=overrides)
-        create_run_dir(run, config)
-        print(f"[1/3] search: {config.search.family} loss, popsize {config.search.popsize}, "
-              f"{config.search.generations} generations -> {run}")
-    summary = search_cmd.execute(config, run, address=args.address)
-    search_cmd.print_summary(summary, run)
-    return run
-
-
 def run(args: argparse.Namespace) -> int:
+    from evoloss.search import api
+    from evoloss.search.commands.compare import print_summary as print_compare
+    from evoloss.search.commands.search import print_summary as print_search
+    from evoloss.search.config import parse_override
+
     out = Path(args.out)
-    # validate the compare config before spending minutes on the search
-    compare_overrides = {"methods.evolved.run_dir": str(out / "search"),
+    search_run, compare_run = out / "search", out / "compare"
+    compare_overrides = {"methods.evolved.run_dir": str(search_run),
                          "methods.evolved-mean.path": str(out / "export" / "evolved_mean" / "loss.json"),
                          **dict(parse_override(s) for s in args.compare_set)}
-    compare_config = load_compare_config(preset="quick", overrides=compare_overrides)
-    search_run = _search_phase(out, args)
+    api.resolve_compare_config("quick", compare_overrides)  # validated before minutes go into the search
+    progress = api.stderr_progress()
+    if (search_run / "config.toml").is_file():
+        print(f"[1/3] search: continuing {search_run} (remove it to start over)")
+        result = api.search(resume=search_run, address=args.address, progress=progress)
+    else:
+        config = api.resolve_search_config("quick", dict(parse_override(s) for s in args.set))
+        print(f"[1/3] search: {config.search.family} loss, popsize {config.search.popsize}, "
+              f"{config.search.generations} generations -> {search_run}")
+        result = api.search(config, out=search_run, address=args.address, progress=progress)
+    print_search(result.summary, search_run)
 
-    plugin = export_best(search_run, out / "export" / "evolved_loss", overwrite=True)
-    print(f"[2/3] export: {plugin / 'loss.json'} and {plugin / 'evolved_loss.py'} (needs only torch)")
-    mean = export_best(search_run, out / "export" / "evolved_mean", name="evolved_mean", overwrite=True, pick="mean")
-    print(f"      and the final CMA-ES mean: {mean / 'loss.json'}")
+    plugin = api.export(result, out=out / "export" / "evolved_loss", overwrite=True)
+    print(f"[2/3] export: {plugin} and {plugin.parent / 'evolved_loss.py'} (needs only torch)")
+    mean = api.export(result, out=out / "export" / "evolved_mean", name="evolved_mean", overwrite=True, pick="mean")
+    print(f"      and the final CMA-ES mean: {mean}")
 
-    compare_run = out / "compare"
     if compare_run.exists():
         shutil.rmtree(compare_run)  # a compare is cheap and must see the current search's best loss
     print(f"[3/3] compare: the evolved loss vs hand-designed and meta-learned losses -> {compare_run}")
-    summary = compare_cmd.execute(compare_config, compare_run, address=args.address)
-    compare_cmd.print_summary(summary, compare_run)
-    report, _ = write_report(compare_run)
-    print(f"report: {report / 'report.md' if report.is_dir() else report}")
+    comparison = api.compare("quick", out=compare_run, address=args.address, overrides=compare_overrides,
+                             progress=progress)
+    print_compare(comparison)
+    print(f"report: {api.report(comparison)}")
     return 0

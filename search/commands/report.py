@@ -1,7 +1,7 @@
 """``evoloss report RUN_DIR [--out DIR] [--metric COLUMN] [--classes C]``: the report of a run.
 
 Writes ``report.md`` and its PNG figures (default into ``RUN_DIR/report/``) for a compare run, a
-search run or a run that is both (`results.report`), then prints the short summary and where the
+search run or a run that is both (`evoloss.report`), then prints the short summary and where the
 report went. The run directory is only read. A missing or empty run directory, an unknown metric
 or rows the report cannot read are one line on stderr and exit status 2, with nothing written.
 """
@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 
-from evoloss.results.report import REPORT_NAME, write_report
-from evoloss.results.tables import METRICS
-
 NAME = "report"
 HELP = "Write report.md (protocol, accuracy tables, average ranks, cost) and PNG figures for a compare or search run."
+# evoloss.results.tables.METRICS, spelled here so that --help imports nothing heavy (a test keeps them equal)
+METRICS = ("test_acc_last", "test_acc_best", "val_acc_last", "val_acc_best")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write the report, print its summary and its path; bad input raises ValueError (exit 2)."""
+    from evoloss.results.report import REPORT_NAME, write_report
+
     out, report = write_report(args.run_dir, args.out, metric=args.metric, num_classes=args.classes)
     if report.summary:
         print(report.summary)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 import textwrap
@@ -19,7 +20,7 @@ import pytest
 import torch
 
 from evoloss import losses
-from evoloss.losses.adjusted import AdjustedLoss, read_adjusted_plugin, snapshot_index
+from evoloss.losses.plugin.adjusted import AdjustedLoss, read_adjusted_plugin, snapshot_index
 from evoloss.losses.plugin import load_loss, plugin_class_name, read_loss_file, read_plugin
 
 HIDDEN = 7
@@ -162,7 +163,7 @@ def test_loss_json_is_plain_data_with_the_weights(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["loss.json", "narl_poly.py"]
     source = (tmp_path / "p" / "narl_poly.py").read_text()
     assert "class NarlPoly(AdjustedLoss):" in source
-    assert "import losses" not in source and "register_family" not in source
+    assert not re.search(r"^\s*(from|import) evoloss\b", source, re.M) and "register_family" not in source
     assert read_adjusted_plugin(tmp_path / "p").adjuster_dicts() == snapshots
 
 
@@ -219,7 +220,7 @@ _STANDALONE_CHECK = textwrap.dedent(
     import importlib.abc, importlib.util, sys
     class BlockEvoloss(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("losses", "workers", "results", "search"):
+            if name.split(".")[0] in ("evoloss", "losses", "workers", "results", "search"):
                 raise ImportError("evoloss must not be importable here: " + name)
     sys.meta_path.insert(0, BlockEvoloss())
     import torch
@@ -240,7 +241,7 @@ _STANDALONE_CHECK = textwrap.dedent(
             worst = max(worst, (got - values).abs().max().item(), (got_grad - grad).abs().max().item(),
                         abs(mean.item() - values.mean().item()))
             checked += 1
-    leaked = [m for m in sys.modules if m.split(".")[0] in ("losses", "workers", "results", "search")]
+    leaked = [m for m in sys.modules if m.split(".")[0] in ("evoloss", "losses", "workers", "results", "search")]
     print(f"families={len(cases)} checked={checked} worst={worst:.3g} leaked={leaked}")
     sys.exit(0 if worst <= 1e-6 and not leaked else 1)
     """

@@ -130,7 +130,7 @@ def test_default_metric_is_test_accuracy_at_the_rows_rule(rows: pd.DataFrame) ->
     with pytest.raises(ValueError, match=r"metric='accuracy' is not one of .*test_acc_last"):
         resolve_metric(rows, "accuracy")
     mixed = rows.assign(metric_rule=["best"] + ["last"] * (len(rows) - 1))
-    with pytest.raises(ValueError, match=r"metric_rule values \['best', 'last'\].*pass --metric"):
+    with pytest.raises(ValueError, match=r"metric_rule values \['best', 'last'\].*pass metric="):
         resolve_metric(mixed)
 
 

@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 
 from evoloss.losses import LossSpec
-from evoloss.workers.ray_actors import Job
+from evoloss.workers.jobs import Job
 from evoloss.workers.records import EvalRecord
 from evoloss.workers.task import Budget, NoiseSpec, Task, TaskData
 from evoloss.workers.trainer import register_trainer

@@ -108,11 +108,12 @@ def test_bad_preset_missing_file_and_used_run_dir(tmp_path: Path, capsys: pytest
 
 
 def test_preset_quick_resolves_to_the_compare_preset(tmp_path: Path) -> None:
-    from evoloss.search.commands.compare import resolve
+    from evoloss.search.api import prepare_compare
+    from evoloss.search.commands.compare import config_argument
 
-    args = build_parser().parse_args(["compare", "--preset", "quick", "--out", str(tmp_path / "r"),
-                                      "--set", "methods.evolved.run_dir=runs/other"])
-    config, run_dir = resolve(args)
+    args = build_parser().parse_args(["compare", "--preset", "quick", "--out", str(tmp_path / "r")])
+    config, run_dir = prepare_compare(config_argument(args), out=args.out,
+                                      overrides={"methods.evolved.run_dir": "runs/other"})
     names = {m.name for m in config.methods}
     assert names >= {"ce", "gce", "sce", "nce+mae", "evolved", "l2b", "mwnet", "adaptive-gce"}
     assert config.methods[5].run_dir == "runs/other" and run_dir == tmp_path / "r" and not run_dir.exists()

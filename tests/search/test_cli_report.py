@@ -73,7 +73,7 @@ def test_bad_run_dir_is_one_line_and_exit_2(
 @pytest.mark.parametrize(
     "argv,match",
     [
-        (["--classes", "1"], "num_classes (--classes) must be an integer >= 2; got 1"),
+        (["--classes", "1"], "num_classes must be an integer >= 2; got 1"),
         (["--out", "{run}/evaluations/gen-000000.parquet"], "exists and is not a directory"),
     ],
     ids=["one-class", "out-is-a-file"],

@@ -107,7 +107,8 @@ class _no_raise:
 def test_resume_may_extend_generations_but_not_change_the_trajectory(tmp_path, capsys):
     import argparse
 
-    from evoloss.search.commands.search import add_arguments, resolve
+    from evoloss.search.api import prepare_search
+    from evoloss.search.commands.search import add_arguments, api_arguments
     from evoloss.search.config import load_config
     from evoloss.search.run_dir import create_run_dir
 
@@ -115,8 +116,9 @@ def test_resume_may_extend_generations_but_not_change_the_trajectory(tmp_path, c
     create_run_dir(run, load_config(overrides={"search.family": "gce", "search.generations": 2}))
     assert main(["search", "--resume", str(run), "--set", "search.popsize=4"]) == 2
     err = capsys.readouterr().err
-    assert "search.popsize cannot change" in err and "search.generations" in err
+    assert "search.popsize" in err and "cannot change" in err and "search.generations" in err
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    config, run_dir, resuming = resolve(parser.parse_args(["--resume", str(run), "--set", "search.generations=5"]))
+    config, run_dir, resuming = prepare_search(
+        **api_arguments(parser.parse_args(["--resume", str(run), "--set", "search.generations=5"])))
     assert resuming and run_dir == run and config.search.generations == 5 and config.search.family == "gce"

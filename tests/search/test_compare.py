@@ -24,6 +24,7 @@ from evoloss.losses import LossSpec
 from evoloss.losses.plugin import export_plugin
 from evoloss.results.schema import SCHEMA_VERSION
 from evoloss.results.store import MemoryStore, ParquetStore
+from evoloss.results.tables import group_summary_table
 from evoloss.search.compare import (
     META_COST_FACTOR,
     CompareTask,
@@ -34,8 +35,7 @@ from evoloss.search.compare import (
     resolve_method,
     run_compare,
     select_tuned,
-    summary_table,
-    _tuned_record,
+    tuned_record,
 )
 from evoloss.search.compare_config import (
     MAX_GRID_POINTS,
@@ -131,7 +131,7 @@ def test_overrides_address_list_entries_by_name() -> None:
     config = parse_compare_config(data)
     assert config.methods[1].params == {"q": 0.5} and config.tasks[0].seeds == (3,) and config.train.epochs == 2
     assert BASE["methods"][1]["params"] == {"q": 0.7}  # the base is not mutated
-    with pytest.raises(ValueError, match=r"--set methods.gcee.params.q: names no entry of methods.*did you mean 'gce'"):
+    with pytest.raises(ValueError, match=r"config methods.gcee.params.q: names no entry of methods.*did you mean 'gce'"):
         apply_overrides(BASE, {"methods.gcee.params.q": 0.5})
     with pytest.raises(ValueError, match=r"must name a key of the entry"):
         apply_overrides(BASE, {"tasks.seen": 1})
@@ -189,7 +189,7 @@ def test_bad_config_is_one_clear_error_naming_the_key(path: str, value: Any, mes
 
 
 def test_unknown_preset_and_missing_file() -> None:
-    with pytest.raises(ValueError, match=r"config --preset: is not registered, got 'quik'; did you mean 'quick'"):
+    with pytest.raises(ValueError, match=r"config preset: is not registered, got 'quik'; did you mean 'quick'"):
         load_compare_config(preset="quik")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_compare_config("no/such/compare.toml")
@@ -285,14 +285,14 @@ def test_select_tuned_takes_the_best_ok_finite_validation_score_ties_to_the_firs
 
 
 def test_tuned_record_reports_the_chosen_point_or_nothing() -> None:
-    chosen = _tuned_record([_rec("ok", 0.4, q=0.1), _rec("ok", 0.6, q=0.9)], "last")
+    chosen = tuned_record([_rec("ok", 0.4, q=0.1), _rec("ok", 0.6, q=0.9)], "last")
     assert chosen["params"] == {"q": 0.9} and chosen["test_acc_last"] == 0.3
     assert chosen["extra"]["tuned"] == {"selected_on": "val_acc_last", "chosen": 1, "points": [{"q": 0.1}, {"q": 0.9}],
                                         "val": [0.4, 0.6], "status": ["ok", "ok"]}
     both_diverged = [dict(_rec("diverged", math.nan), error="loss is nan"), _rec("diverged", math.nan)]
-    none = _tuned_record(both_diverged, "last")
+    none = tuned_record(both_diverged, "last")
     assert none["status"] == "diverged" and math.isnan(none["test_acc_last"]) and "loss is nan" in none["error"]
-    assert _tuned_record([_rec("diverged", math.nan), _rec("failed", math.nan)], "last")["status"] == "failed"
+    assert tuned_record([_rec("diverged", math.nan), _rec("failed", math.nan)], "last")["status"] == "failed"
 
 
 # --- summary (formula written out here) ----------------------------------------------------------
@@ -309,7 +309,7 @@ def test_summary_table_seed_means_sample_std_partial_and_failed_cells() -> None:
             _row(0, "ce", "b", 0, "ok", 0.40), _row(0, "ce", "b", 1, "diverged", math.nan, "loss nan"),
             _row(1, "x", "a", 0, "failed", math.nan, "\nunresolved plugin: file gone\ntraceback"),
             _row(1, "x", "b", 0, "timeout", math.nan, "")]
-    text = summary_table(rows, "last")
+    text = group_summary_table(rows, "last")
     seed_means = [statistics.mean([50.0, 70.0]), statistics.mean([80.0, 90.0]), statistics.mean([20.0, 40.0])]
     expected_a = f"{statistics.mean(seed_means):.2f} ± {statistics.stdev(seed_means):.2f}"
     lines = text.splitlines()

@@ -109,7 +109,7 @@ def test_presets_load_and_build_grids() -> None:
     ar, dr = load_config(preset="arl-ar"), load_config(preset="arl-dr")
     assert ar.grid.mode == "ar" and ar.grid.archs == ("mlp2", "mlp3", "cnn4")
     assert dr.grid.mode == "dr" and dr.grid.datasets == ("mnist", "kmnist", "cifar10")
-    with pytest.raises(ValueError, match="config --preset: is not registered, got 'quik'; did you mean 'quick'"):
+    with pytest.raises(ValueError, match="config preset: is not registered, got 'quik'; did you mean 'quick'"):
         load_config(preset="quik")
 
 

@@ -8,12 +8,12 @@ import pandas as pd
 import pytest
 
 from evoloss.losses.plugin import load_loss
+from evoloss.results.queries import best_candidate
 from evoloss.results.store import MemoryStore, ParquetStore
 from evoloss.search.config import load_config
-from evoloss.search.coordinator import best_candidate, make_jobs, run_search
-from evoloss.search.dispatch import JobResult
+from evoloss.search.coordinator import make_jobs, run_search
 from evoloss.search.local_pool import InProcessPool
-from evoloss.workers.ray_actors import failure_records
+from evoloss.workers.jobs import JobResult, failure_records
 
 TINY = {
     "search.family": "gce", "search.popsize": 4, "search.generations": 3, "search.seed": 3,
@@ -98,21 +98,22 @@ def test_make_jobs_splits_candidates_to_fill_actors():
 
 
 def test_export_best_is_loadable(tmp_path):
-    from evoloss.search.commands.export import export_best
+    from evoloss.search.api import export
     from evoloss.search.run_dir import create_run_dir
 
     config = _config(**{"search.generations": 1})
     run = tmp_path / "run"
     create_run_dir(run, config)
     run_search(config, InProcessPool(), ParquetStore(run), run_id="run")
-    out = export_best(run)
-    loss = load_loss(out / "loss.json")
+    out = export(run)
+    assert out == run / "export" / "evolved_loss" / "loss.json"
+    loss = load_loss(out)
     spec, fitness, _, _ = best_candidate(ParquetStore(run), "last")
     assert loss.spec.family == "gce" and dict(loss.spec.params) == pytest.approx(dict(spec.params))
 
 
 def test_export_pick_mean_is_the_decoded_cmaes_mean(tmp_path):
-    from evoloss.search.commands.export import export_best, picked_spec
+    from evoloss.search.api import export, picked_spec
     from evoloss.search.coordinator import decode_candidates
     from evoloss.search.run_dir import create_run_dir
     from evoloss.search.strategy import CMAStrategy
@@ -125,7 +126,7 @@ def test_export_pick_mean_is_the_decoded_cmaes_mean(tmp_path):
     expected = decode_candidates("gce", CMAStrategy.from_state(state["strategy"]).mean[None, :])[0]
     spec, origin = picked_spec(run, "mean")
     assert spec == expected and origin["pick"] == "mean" and origin["fitness"] is None
-    loss = load_loss(export_best(run, tmp_path / "m", pick="mean") / "loss.json")
+    loss = load_loss(export(run, out=tmp_path / "m", pick="mean"))
     assert dict(loss.spec.params) == pytest.approx(dict(expected.params))
     with pytest.raises(ValueError, match="pick"):
         picked_spec(run, "median")

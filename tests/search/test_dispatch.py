@@ -12,7 +12,7 @@ from evoloss.losses import LossSpec
 from evoloss.search.dispatch import ActorPool, JobResult, PoolConfig, actor_count, dispatch_order
 from evoloss.search.ray_runtime import embedded_ray_pids, is_loopback, listening_sockets, start_ray
 from tests.search import dispatch_test_trainers as tt
-from evoloss.workers.ray_actors import (
+from evoloss.workers.jobs import (
     EVAL_RECORD_FIELDS,
     RECORD_IDENTITY_FIELDS,
     UNCAPPED_TRAIN_ROWS,
@@ -125,8 +125,8 @@ def test_resolve_callable_and_module_import_problems(monkeypatch: pytest.MonkeyP
     for bad in ("no_colon", "json:", "json:not an identifier", "json:no_such_attr"):
         with pytest.raises(ValueError, match="materializer"):
             resolve_callable(bad)
-    assert import_trainer_modules(["workers.no_such_trainer_module", "json"]) == {
-        "workers.no_such_trainer_module": "not installed"}
+    assert import_trainer_modules(["evoloss.workers.no_such_trainer_module", "json"]) == {
+        "evoloss.workers.no_such_trainer_module": "not installed"}
 
 
 def test_failure_records_keep_identity() -> None:
@@ -174,8 +174,8 @@ def test_runner_turns_trainer_errors_into_failed_records(trainer: str, options: 
 
 
 def test_runner_reports_a_missing_materializer_per_job() -> None:
-    out = JobRunner(materializer="workers.no_such_module:materialize", trainer_modules=tt.MODULES).run_job(_job("m"))
-    assert out[0]["status"] == "failed" and "No module named 'workers.no_such_module'" in out[0]["error"]
+    out = JobRunner(materializer="evoloss.workers.no_such_module:materialize", trainer_modules=tt.MODULES).run_job(_job("m"))
+    assert out[0]["status"] == "failed" and "No module named 'evoloss.workers.no_such_module'" in out[0]["error"]
 
 
 def test_runner_keeps_nan_metrics_of_a_diverged_run() -> None:

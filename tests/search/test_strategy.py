@@ -213,7 +213,7 @@ def test_resume_in_a_fresh_process(tmp_path: Path) -> None:
     (tmp_path / "state.json").write_text(json.dumps(first.state(), allow_nan=False))
     script = (
         "import json, sys\n"
-        "from search.strategy import CMAStrategy\n"
+        "from evoloss.search.strategy import CMAStrategy\n"
         "s = CMAStrategy.from_state(json.load(open(sys.argv[1] + '/state.json')))\n"
         "asked = []\n"
         "for _ in range(3):\n"

@@ -27,7 +27,7 @@ from evoloss.search.tune_engine import (
     trial_dirname, trial_name, trial_result,
 )
 from tests.search import dispatch_test_trainers as tt
-from evoloss.workers.ray_actors import JobRunner
+from evoloss.workers.jobs import JobRunner
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY = {

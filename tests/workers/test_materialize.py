@@ -51,8 +51,8 @@ def test_same_task_gives_identical_tensors_in_a_fresh_process() -> None:
     code = (
         "import json, sys\n"
         "from tests.workers.test_materialize import digest\n"
-        "from workers.materialize import materialize\n"
-        "from workers.task import Task\n"
+        "from evoloss.workers.materialize import materialize\n"
+        "from evoloss.workers.task import Task\n"
         "print(digest(materialize(Task.from_dict(json.loads(sys.argv[1])))))\n"
     )
     out = subprocess.run([sys.executable, "-c", code, json.dumps(task.to_dict())], cwd=REPO, capture_output=True,

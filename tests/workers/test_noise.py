@@ -1,4 +1,4 @@
-"""Label-noise models against their formulas (REFERENCE.md §3), written independently in float64.
+"""Label-noise models against their formulas (docs/noise.md), written independently in float64.
 
 Sampled conventions are compared with a 5-sigma binomial tolerance per entry on 30,000 labels,
 so each check is deterministic for its seed and would also hold for almost any other seed.

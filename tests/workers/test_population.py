@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import evoloss.losses.gce  # noqa: F401  (registers "gce" whether or not losses/__init__ imports it yet)
 import evoloss.losses.sce  # noqa: F401
 from evoloss.losses import LossSpec
-from evoloss.losses.registry import _FAMILIES, Param, register_family
+from evoloss.losses.registry import Param, register_family, unregister_family
 from evoloss.workers.evaluation import EVAL_BATCH_SIZE
 from evoloss.workers.population import PopulationTrainer
 from evoloss.workers.records import EvalRecord
@@ -142,7 +142,7 @@ def test_float32_runs_match_standard_within_rounding() -> None:
 
 
 def test_an_error_outside_the_losses_fails_every_member(monkeypatch: pytest.MonkeyPatch) -> None:
-    from evoloss.workers.population_stack import StackedNet
+    from evoloss.workers.population.stack import StackedNet
 
     calls = {"n": 0}
     original = StackedNet.train_step_grads
@@ -179,7 +179,7 @@ def nan_family() -> Iterator[str]:
 
     register_family(name, [Param("limit", default=1.0, low=0.0, high=100.0)])(nan_when_confident)
     yield name
-    _FAMILIES.pop(name)
+    unregister_family(name)
 
 
 @pytest.fixture()
@@ -194,7 +194,7 @@ def raising_family() -> Iterator[str]:
 
     register_family(name, [Param("switch", default=0.0, low=0.0, high=1.0)])(raise_when_switched)
     yield name
-    _FAMILIES.pop(name)
+    unregister_family(name)
 
 
 @pytest.mark.parametrize("limit", [0.0, 3.0])  # NaN from the first step; NaN once the logits grow (later epoch)

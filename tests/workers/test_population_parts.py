@@ -16,9 +16,9 @@ import evoloss.losses.gce  # noqa: F401  (registers "gce" whether or not losses/
 import evoloss.losses.sce  # noqa: F401
 from evoloss.losses import LossSpec, create_loss
 from evoloss.workers.archs import create_arch
-from evoloss.workers.population_loss import MemberLosses
-from evoloss.workers.population_optim import StackedAdam, StackedSGD, clip_member_grad_norms, create_stacked_optimizer
-from evoloss.workers.population_stack import StackedNet, UnsupportedArchitecture
+from evoloss.workers.population.loss import MemberLosses
+from evoloss.workers.population.optim import StackedAdam, StackedSGD, clip_member_grad_norms, create_stacked_optimizer
+from evoloss.workers.population.stack import StackedNet, UnsupportedArchitecture
 from evoloss.workers.protocol import OptimSpec
 
 K = 3

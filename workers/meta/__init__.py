@@ -1,4 +1,4 @@
-"""The meta-learned inner trainers (REFERENCE.md §4), all on one look-ahead (`workers.meta.lookahead`).
+"""The meta-learned inner trainers (shu, ding, zhou, jiang; Meta-Weight-Net), all on one look-ahead (`workers.meta.lookahead`).
 
 Trainers (each module registers its names with `workers.trainer.register_trainer` on import):
 

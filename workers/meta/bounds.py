@@ -1,7 +1,7 @@
 """Differentiable maps from an unconstrained real onto a loss parameter's valid range.
 
 Meta-learned hyperparameters must stay inside their family's range while their gradients flow,
-so they are bounded by parameterisation, never by ``clamp`` (REFERENCE.md §2: clamp kills
+so they are bounded by parameterisation, never by ``clamp`` (clamp kills
 meta-gradients). The range comes from the family's registered `losses.Param`; open ends are
 pulled inside by the parameter's ``margin`` so that a saturated sigmoid or an underflowing
 softplus still lands strictly inside (e.g. PolySoft's d > 1 never reaches d = 1).

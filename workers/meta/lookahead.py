@@ -1,4 +1,5 @@
-"""The one-step look-ahead shared by every meta-learned trainer (REFERENCE.md §4).
+"""The one-step look-ahead shared by every meta-learned trainer
+(the online one-step look-ahead of shu Alg. 1, ding Algs. 1–2, zhou Alg. 1, jiang and Meta-Weight-Net).
 
 All five methods (shu-adaptive-robust-loss Eqs. 8–9, ding-narl-adjuster Eqs. 10–11,
 zhou-l2b Eqs. 5–7, jiang-dynamic-loss Eqs. 7–8, Meta-Weight-Net) take the same online

@@ -1,4 +1,4 @@
-"""Meta-Weight-Net: a 1 → 100 → 1 network maps a sample's loss to its weight (REFERENCE.md §4).
+"""Meta-Weight-Net: a 1 → 100 → 1 network maps a sample's loss to its weight (Shu et al., Meta-Weight-Net, NeurIPS 2019).
 
 The common meta-learned reweighting baseline (Shu et al., 2019; the baseline of every paper here):
 

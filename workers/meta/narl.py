@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from evoloss.losses import LossSpec, get_family
-from evoloss.losses.adjusted import adjusted_plugin_at
+from evoloss.losses.plugin.adjusted import adjusted_plugin_at
 from evoloss.workers.meta.lookahead import LookaheadConfig, MetaGradient, apply_meta_gradient, meta_gradient
 from evoloss.workers.meta.meta_trainer import MetaTrainer, require_float_params
 from evoloss.workers.meta.method import Batch, MetaMethod, derived_seed

@@ -1,7 +1,7 @@
-"""Stacked layers for `workers.population_stack.StackedNet`: K members' copies of one layer as one.
+"""Stacked layers for `workers.population.stack.StackedNet`: K members' copies of one layer as one.
 
 Each `Layer` holds its K members' parameters stacked member-major (``[K, ...]``), runs them as one
-kernel in the activation layouts described in `workers.population_stack` (``feat`` is feature-major,
+kernel in the activation layouts described in `workers.population.stack` (``feat`` is feature-major,
 ``[K, F, B]``), and — for the layers of an MLP — has a hand-written backward pass whose gradients
 arrive in that layout too. ``layer_from_modules`` picks the class for a module type.
 """

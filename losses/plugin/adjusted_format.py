@@ -1,8 +1,9 @@
 """The ``adjuster`` section of an adjusted-loss plug-in: its constants and its validation.
 
-`losses.adjusted` writes and loads the plug-in (see its docstring for the whole format); this module
-checks a decoded section as JSON data, field by field, so every mistake is a ValueError that names
-the dotted field (``adjuster.snapshots[1].w1``), the value received and what to write instead:
+`losses.plugin.adjusted` loads the plug-in and `losses.plugin.adjusted_export` writes it (see the
+former's docstring for the whole format); this module checks a decoded section as JSON data, field
+by field, so every mistake is a ValueError that names the dotted field (``adjuster.snapshots[1].w1``),
+the value received and what to write instead:
 
 - ``format`` "evoloss-narl-adjuster", ``format_version`` 1 (the format of NARL's `adjuster_to_dict`),
   ``input`` "logit_margin", ``stage_rule`` "equal_fractions";
@@ -21,8 +22,8 @@ from typing import Mapping
 
 import torch
 
-from evoloss.losses.plugin import _parse_params
-from evoloss.losses.registry import Family, _unknown
+from evoloss.losses.plugin.format import parse_params
+from evoloss.losses.registry import Family, unknown_name_message
 
 ADJUSTER_FORMAT = "evoloss-narl-adjuster"  # the format of workers.meta.narl_adjuster.adjuster_to_dict
 ADJUSTER_FORMAT_VERSION = 1
@@ -80,7 +81,8 @@ def _check_fields(raw: Mapping, known: tuple[str, ...], prefix: str, where: str)
     """Unknown fields raise (with the close matches); missing ones raise naming the dotted field."""
     for key in raw:
         if key not in known:
-            raise ValueError(f"{where}: " + _unknown("field", f"{prefix}.{key}", [f"{prefix}.{k}" for k in known]))
+            message = unknown_name_message("field", f"{prefix}.{key}", [f"{prefix}.{k}" for k in known])
+            raise ValueError(f"{where}: " + message)
     for key in known:
         if key not in raw:
             raise ValueError(f"{where}: field '{prefix}.{key}' is missing; the section needs {', '.join(known)}")
@@ -174,4 +176,4 @@ def parse_fixed_params(family: Family, raw: object, learned: tuple[str, ...], wh
                 raise ValueError(f"{where}: field 'params.{key}' is set per sample by the adjuster (adjuster."
                                  f"param_names); list only the fixed parameters: {', '.join(rest) or 'none'}")
     fixed = Family(family.name, family.fn, tuple(p for p in family.params if p.name not in learned))
-    return _parse_params(fixed, raw, where, fill_defaults=False)
+    return parse_params(fixed, raw, where, fill_defaults=False)

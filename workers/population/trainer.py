@@ -2,8 +2,8 @@
 
 A search scores thousands of candidates on the same task; training them one model at a time is bound
 by per-step overhead, not arithmetic (REFERENCE §6). Here the K networks of one task are one stacked
-network (`workers.population_stack`): one kernel per layer for all members, a hand-written backward
-for MLPs, and stacked SGD/Adam (`workers.population_optim`).
+network (`workers.population.stack`): one kernel per layer for all members, a hand-written backward
+for MLPs, and stacked SGD/Adam (`workers.population.optim`).
 
 Semantics: member k reproduces the ``standard`` trainer's run of ``specs[k]`` (workers/standard.py)
 — same initial weights (``create_arch(..., seed=init_seed(task.seed, member_seeds[k]))``), the same
@@ -35,9 +35,9 @@ from torch import nn
 from evoloss.losses import LossSpec
 from evoloss.workers.archs import check_arch, create_arch
 from evoloss.workers.evaluation import EVAL_BATCH_SIZE, EpochMetrics, EvalSplits, RunHistory, failed_record
-from evoloss.workers.population_loss import MemberLosses
-from evoloss.workers.population_optim import clip_member_grad_norms, create_stacked_optimizer
-from evoloss.workers.population_stack import StackedNet, UnsupportedArchitecture
+from evoloss.workers.population.loss import MemberLosses
+from evoloss.workers.population.optim import clip_member_grad_norms, create_stacked_optimizer
+from evoloss.workers.population.stack import StackedNet, UnsupportedArchitecture
 from evoloss.workers.protocol import OptimSpec, batches, init_seed, lr_at, resolve_optimizer
 from evoloss.workers.records import EvalRecord
 from evoloss.workers.standard import StandardTrainer, deterministic_mode, validate_inputs
@@ -58,7 +58,7 @@ class PopulationTrainer:
             starts from ``init_seed(task.seed)``, as in ``standard`` (common random numbers).
         eval_every, deterministic, max_steps, eval_batch_size: as in ``standard``.
         loss_grouping: ``"family"`` (one loss call per family with per-sample parameter tensors) or
-            ``"member"`` (one call per member); see `workers.population_loss`.
+            ``"member"`` (one call per member); see `workers.population.loss`.
         backward: ``"auto"`` (hand-written for MLP chains, else autograd), ``"manual"`` (raise if the
             architecture has none) or ``"autograd"``.
     """

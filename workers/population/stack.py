@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from evoloss.workers.population_layers import (
+from evoloss.workers.population.layers import (
     Layer,
     UnsupportedArchitecture,
     layer_from_modules,

@@ -26,16 +26,19 @@ meta-test), so ∂ℓ/∂logits is the base loss's gradient at constant Λ, as i
 Λ's range, offset + scale, may pass a closed family bound by at most 1e-12 relative (float rounding
 of e.g. 0.05 + 0.9); anything further is rejected.
 
-The standalone ``<name>.py`` copies, by the one plug-in mechanism (`portable_sources`), `check_inputs`,
-the base family's function and helpers and this module's portable code (`adjuster_margin`,
-`adjuster_output`, `snapshot_index`, `AdjustedLoss`), with the weights written in as float literals.
+This module holds the loss (`AdjustedLoss` and the portable code `PORTABLE_CODE`), the parsed plug-in
+(`AdjustedPlugin`) and its readers, and registers the ``adjuster`` section with `load_loss`; the
+section's field checks are in `losses.plugin.adjusted_format`. Export is in
+`losses.plugin.adjusted_export`: the standalone ``<name>.py`` copies, by the one plug-in mechanism
+(`portable_sources`), `check_inputs`, the base family's function and helpers and `PORTABLE_CODE`
+(`adjuster_margin`, `adjuster_output`, `snapshot_index`, `AdjustedLoss`), with the weights written
+in as float literals.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -44,7 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evoloss.losses.adjusted_format import (
+from evoloss.losses.module import check_inputs
+from evoloss.losses.plugin.adjusted_format import (
     ADJUSTER_FORMAT,
     ADJUSTER_FORMAT_VERSION,
     INPUT,
@@ -53,31 +57,21 @@ from evoloss.losses.adjusted_format import (
     parse_adjuster_section,
     parse_fixed_params,
 )
-from evoloss.losses.module import check_inputs
-from evoloss.losses.plugin import (
-    MAX_SPEC_BYTES,
+from evoloss.losses.plugin.files import read_json_object
+from evoloss.losses.plugin.format import (
     PLUGIN_FILE,
     PLUGIN_FORMAT,
     PLUGIN_FORMAT_VERSION,
-    _plugin_file,
-    _provenance_json,
-    _read_json_object,
-    normalisation_name,
     parse_plugin_header,
-    plugin_class_name,
-    portable_sources,
+    plugin_file,
     register_plugin_section,
-    validate_plugin_name,
-    write_plugin_dir,
 )
-from evoloss.losses.registry import Family, LossSpec, get_family
+from evoloss.losses.registry import LossSpec, get_family
 
 SECTION = "adjuster"
-DEFAULT_NAME = "narl_loss"
 
-__all__ = ["AdjustedLoss", "AdjustedPlugin", "adjusted_plugin_at", "adjuster_margin", "adjuster_output",
-           "export_adjuster_plugin",
-           "parse_adjusted_plugin", "read_adjusted_plugin", "snapshot_index"]
+__all__ = ["AdjustedLoss", "AdjustedPlugin", "PORTABLE_CODE", "SECTION", "adjusted_plugin_at", "adjuster_margin",
+           "adjuster_output", "parse_adjusted_plugin", "read_adjusted_plugin", "snapshot_index"]
 
 
 # --- portable code: copied verbatim into the standalone module -----------------------------------
@@ -181,7 +175,7 @@ class AdjustedLoss(nn.Module):
                 f"snapshots={self.snapshot_count}, reduction={self.reduction!r}")
 
 
-_PORTABLE_CODE = (adjuster_margin, adjuster_output, snapshot_index, AdjustedLoss)
+PORTABLE_CODE = (adjuster_margin, adjuster_output, snapshot_index, AdjustedLoss)
 
 
 # --- the parsed plug-in ------------------------------------------------------------------------------
@@ -242,8 +236,8 @@ def parse_adjusted_plugin(data: Mapping, where: str = "loss.json") -> AdjustedPl
 
 def read_adjusted_plugin(path: str | os.PathLike) -> AdjustedPlugin:
     """Parse the adjusted-loss plug-in at ``path`` (its ``loss.json`` or directory); JSON data only."""
-    file = _plugin_file(Path(path))
-    return parse_adjusted_plugin(_read_json_object(file), where=str(file))
+    file = plugin_file(Path(path))
+    return parse_adjusted_plugin(read_json_object(file), where=str(file))
 
 
 def adjusted_plugin_at(path: str | os.PathLike) -> AdjustedPlugin | None:
@@ -257,172 +251,6 @@ def adjusted_plugin_at(path: str | os.PathLike) -> AdjustedPlugin | None:
     if not isinstance(data, dict) or data.get("format") != PLUGIN_FORMAT:
         return None
     return read_adjusted_plugin(file)
-
-
-# --- export ------------------------------------------------------------------------------------------
-def export_adjuster_plugin(adjuster: Mapping | Sequence[Mapping], base_family: str, out_dir: str | os.PathLike,
-                           name: str = DEFAULT_NAME, provenance: Mapping | None = None, *,
-                           fixed_params: Mapping[str, float] | None = None, overwrite: bool = False) -> Path:
-    """Write an adjusted-loss plug-in (``loss.json`` + standalone ``<name>.py``) into ``out_dir``.
-
-    Args:
-        adjuster: one ``evoloss-narl-adjuster`` v1 dict (NARL's `adjuster_to_dict`) or a list of them,
-            the snapshots by training stage in order (e.g. NARL's θ(T/3), θ(2T/3), θ(T)).
-        base_family: the loss the adjuster sets (its ``family`` field must match).
-        fixed_params: the base family's parameters the adjuster does not set (defaults filled in).
-        name, provenance, overwrite: as for `losses.export_plugin`.
-
-    Raises:
-        ValueError: snapshots from different adjusters, a malformed or non-finite adjuster (naming the
-            field), an unknown family, bad ``name``/``provenance``/``fixed_params``; nothing is written.
-    """
-    snapshots = _snapshot_list(adjuster)
-    family = get_family(base_family)
-    validate_plugin_name(name)
-    class_name = plugin_class_name(name)
-    if class_name in {code.__name__ for code in _PORTABLE_CODE}:
-        raise ValueError(f"plug-in name {name!r} would name its class {class_name!r}, which the adjusted-loss module "
-                         f"already defines; choose another name, e.g. 'narl_{name}'")
-    head = _common_head(snapshots, family.name)
-    learned = head.get("param_names")
-    fixed = _fixed_values(family, fixed_params, learned if isinstance(learned, list) else [])
-    section = {**{k: v for k, v in head.items() if k != "family"}, "stage_rule": STAGE_RULE,
-               "snapshots": [{k: s[k] for k in WEIGHT_KEYS if k in s} for s in snapshots]}
-    document = {"format": PLUGIN_FORMAT, "format_version": PLUGIN_FORMAT_VERSION, "name": name,
-                "family": family.name, "params": fixed, "normalisation": normalisation_name(family),
-                "provenance": _provenance_json(provenance), SECTION: section}
-    plugin = parse_adjusted_plugin(document, where="export_adjuster_plugin")
-    text = json.dumps(plugin.document(), indent=2, allow_nan=False) + "\n"
-    size = len(text.encode("utf-8"))
-    if size > MAX_SPEC_BYTES:
-        raise ValueError(f"export_adjuster_plugin: loss.json would be {size} bytes, over the {MAX_SPEC_BYTES}-byte "
-                         "limit the loader accepts; export fewer snapshots or a smaller adjuster")
-    files = {PLUGIN_FILE: text, f"{name}.py": adjusted_standalone_source(plugin)}
-    return write_plugin_dir(out_dir, files, overwrite=overwrite)
-
-
-def _snapshot_list(adjuster: object) -> list[Mapping]:
-    """``adjuster`` as a non-empty list of mappings."""
-    items = [adjuster] if isinstance(adjuster, Mapping) else adjuster
-    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence) \
-            or not all(isinstance(item, Mapping) for item in items):
-        raise ValueError(f"export_adjuster_plugin: adjuster must be an adjuster dict or a list of them (snapshots by "
-                         f"stage); got {type(adjuster).__name__} {adjuster!r:.60}")
-    if not items:
-        raise ValueError("export_adjuster_plugin: pass at least one adjuster snapshot")
-    return list(items)
-
-
-def _common_head(snapshots: list[Mapping], family: str) -> dict:
-    """The fields every snapshot shares (all but the weights), checked equal across snapshots."""
-    heads = [{k: v for k, v in s.items() if k not in WEIGHT_KEYS} for s in snapshots]
-    for index, head in enumerate(heads):
-        if head.get("family") != family:
-            raise ValueError(f"export_adjuster_plugin: adjuster[{index}] is for loss family {head.get('family')!r}; "
-                             f"base_family is {family!r} — export it with base_family={head.get('family')!r}")
-        for key in sorted(set(head) | set(heads[0])):
-            if head.get(key) != heads[0].get(key):
-                raise ValueError(f"export_adjuster_plugin: adjuster[{index}] field {key!r} differs from adjuster[0]; "
-                                 "all snapshots must come from one adjuster")
-    return heads[0]
-
-
-def _fixed_values(family: Family, fixed_params: Mapping | None, learned: list) -> dict[str, float]:
-    """The base parameters the adjuster does not set: given values checked, defaults filled in."""
-    given = dict(fixed_params or {})
-    for key in given:
-        if key in learned:
-            raise ValueError(f"export_adjuster_plugin: fixed_params {key!r} is set per sample by the adjuster; "
-                             f"pass only the other parameters of {family.name!r}")
-    full = family.validate(given)
-    return {p.name: float(full[p.name]) for p in family.params if p.name not in learned}
-
-
-# --- the standalone module ---------------------------------------------------------------------------
-_TEMPLATE_NAMES = {"annotations", "math", "torch", "F", "nn", "FAMILY", "NORMALISATION", "PARAM_NAMES",
-                   "FIXED_PARAMS", "OFFSETS", "SCALES", "SNAPSHOTS"}
-_MODULE_TEMPLATE = '''\
-"""Adjusted-loss plug-in `@NAME@` exported by evoloss: a NARL-Adjuster setting the @FAMILY_NAME@ loss.
-
-Standalone: needs only torch (the evoloss code is copied below, the adjuster's weights written in as
-literals). Per sample i (ding-narl-adjuster §3.2, Eq. 13): the detached logit margin
-m_i = f_y − max_{j≠y} f_j gives Λ_i = offset + scale·σ(W2 ReLU(W1 m_i + b1) + b2) for @LEARNED@,
-and the loss is @FAMILY_NAME@ with those per-sample values and FIXED_PARAMS::
-
-    from @NAME@ import @CLASS@
-    criterion = @CLASS@()  # reduction="mean" | "sum" | "none"
-    criterion.set_progress(epoch / epochs)  # the fraction of training done, in [0, 1]
-    loss = criterion(logits, targets)  # logits [B, C] float, targets [B]; or criterion(..., progress=0.5)
-
-Snapshots by training stage: with K snapshots, snapshot k is used while progress is in [k/K, (k+1)/K)
-(the last one also at 1). This plug-in holds @COUNT@:
-@PROGRESS_NOTE@
-"""
-from __future__ import annotations
-
-import math
-
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-FAMILY = @FAMILY@
-NORMALISATION = @NORM@
-PARAM_NAMES = @PARAM_NAMES@
-FIXED_PARAMS = @FIXED@
-OFFSETS = @OFFSETS@
-SCALES = @SCALES@
-# One dict per snapshot, in stage order; PyTorch layout: w1 [hidden][1], b1 [hidden], w2 [P][hidden], b2 [P].
-SNAPSHOTS = @SNAPSHOTS@
-
-
-# ---- copied from evoloss (decorators dropped) ----
-@CODE@
-
-class @CLASS@(AdjustedLoss):
-    """The exported adjusted loss: ``@CLASS@(reduction="mean")(logits, targets, progress=None)``."""
-
-    def __init__(self, reduction: str = "mean") -> None:
-        super().__init__(@FN@, FAMILY, PARAM_NAMES, OFFSETS, SCALES, SNAPSHOTS, FIXED_PARAMS, reduction=reduction)
-'''
-
-
-def adjusted_standalone_source(plugin: AdjustedPlugin) -> str:
-    """The text of the standalone ``<name>.py`` of ``plugin`` (checked to compile; nothing is run)."""
-    family = get_family(plugin.family)
-    class_name = plugin_class_name(plugin.name)
-    code = (check_inputs, family.fn, *family.helpers, *_PORTABLE_CODE)
-    chunks = portable_sources(code, family.name, {*_TEMPLATE_NAMES, class_name})
-    many = len(plugin.snapshots) > 1
-    replacements = {
-        "@NAME@": plugin.name, "@CLASS@": class_name, "@FAMILY@": repr(family.name), "@FAMILY_NAME@": family.name,
-        "@NORM@": repr(plugin.normalisation),
-        "@LEARNED@": ", ".join(plugin.param_names), "@PARAM_NAMES@": repr(plugin.param_names),
-        "@FIXED@": repr(plugin.fixed_params), "@OFFSETS@": repr([plugin.offsets[n] for n in plugin.param_names]),
-        "@SCALES@": repr([plugin.scales[n] for n in plugin.param_names]), "@FN@": family.fn.__name__,
-        "@COUNT@": f"{len(plugin.snapshots)} snapshot{'s' if many else ''}",
-        "@PROGRESS_NOTE@": "pass progress (or call set_progress) before computing the loss." if many
-        else "progress is not needed.",
-        "@SNAPSHOTS@": _snapshots_literal(plugin.snapshots), "@CODE@": "\n\n".join(chunks),
-    }
-    text = _MODULE_TEMPLATE
-    for token, value in replacements.items():
-        text = text.replace(token, value)
-    compile(text, f"{plugin.name}.py", "exec")  # syntax check only
-    return text
-
-
-def _snapshots_literal(snapshots: Sequence[Mapping[str, torch.Tensor]]) -> str:
-    """A Python list literal of the snapshot dicts, floats written exactly (repr), lines wrapped."""
-    lines = ["["]
-    for weights in snapshots:
-        lines.append("    {")
-        for key in WEIGHT_KEYS:
-            lines.append(textwrap.fill(repr(weights[key].tolist()), width=116, initial_indent=f"        {key!r}: ",
-                                       subsequent_indent=" " * 12, break_on_hyphens=False,
-                                       break_long_words=False) + ",")
-        lines.append("    },")
-    return "\n".join(lines + ["]"])
 
 
 def _load_section(data: dict, where: str, reduction: str) -> AdjustedLoss:
