@@ -17,9 +17,11 @@ import importlib
 from typing import Any
 
 __all__ = [
+    "CompareConfig",
     "CompareResult",
     "ConfigError",
     "LossSpec",
+    "SearchConfig",
     "SearchResult",
     "compare",
     "create_loss",
@@ -43,6 +45,8 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "CompareResult": ("evoloss.search.api", "CompareResult"),
     "report": ("evoloss.search.api", "report"),
     "ConfigError": ("evoloss.search.config_fields", "ConfigError"),
+    "SearchConfig": ("evoloss.search.config", "SearchConfig"),
+    "CompareConfig": ("evoloss.search.compare_config", "CompareConfig"),
     "LossSpec": ("evoloss.losses.registry", "LossSpec"),
     "create_loss": ("evoloss.losses", "create_loss"),
     "load_loss": ("evoloss.losses", "load_loss"),

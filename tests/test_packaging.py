@@ -168,6 +168,14 @@ def test_wheel_holds_only_evoloss_and_installs_one_import_name(tmp_path: Path) -
         assert Path(origin).resolve().is_relative_to(purelib), f"{name} comes from {origin}, not the venv"
     presets = found["locations"]["evoloss.search.presets"]
     assert presets and all(Path(p).resolve().is_relative_to(purelib) for p in presets), presets
+    # the installed package runs without its dependencies as far as it needs none: the lazy API and the
+    # shipped presets (package data) work from the wheel
+    usable = subprocess.run(
+        [str(python), "-c", "import evoloss, evoloss.search.preset_files as p; "
+         "print(callable(evoloss.search), p.preset_names('search'), p.preset_names('compare'))"],
+        capture_output=True, text=True, timeout=60, cwd=outside, env=env)
+    assert usable.returncode == 0, usable.stderr
+    assert usable.stdout.strip() == "True ['arl-ar', 'arl-dr', 'quick'] ['arl-table1', 'arl-table2', 'quick']"
 
 
 # --- docs/records.md and the schema ------------------------------------------------------------------
