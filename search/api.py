@@ -269,11 +269,12 @@ def search(config: Any = None, *, out: str | Path | None = None, address: str | 
 
 
 # --- export --------------------------------------------------------------------------------------
-def picked_spec(run_dir: str | Path, pick: str = "best") -> tuple["LossSpec", dict[str, Any]]:
+def picked_spec(run: str | Path | SearchResult, pick: str = "best") -> tuple["LossSpec", dict[str, Any]]:
     """The loss a run exports and where it came from: the "best" candidate or the CMA-ES "mean"."""
     if pick not in PICKS:
         raise _config_error("pick", "is not a choice", pick, f"choose one of {', '.join(PICKS)}")
-    run = SearchResult(run_dir)
+    run = run if isinstance(run, SearchResult) else SearchResult(run)
+    run_dir = run.run_dir
     if pick == "mean":
         saved = run._store().load_state()
         if saved is None:
@@ -305,15 +306,16 @@ def export(source: Any, *, out: str | Path | None = None, name: str = "evolved_l
         if out is None:
             raise _config_error("out", "is needed to export a LossSpec", None, "give out=DIRECTORY")
         return export_plugin(source, Path(out), name=name, overwrite=overwrite) / PLUGIN_FILE
-    run_dir = source.run_dir if isinstance(source, SearchResult) else Path(source)
-    spec, origin = picked_spec(run_dir, pick)
     from evoloss.losses.versions import evoloss_version
     from evoloss.search.config import config_dict
-    from evoloss.search.run_dir import load_run_config, run_id_of
+    from evoloss.search.run_dir import run_id_of
 
-    config = load_run_config(run_dir)
-    cfg = config_dict(config)
-    provenance = {"run_id": run_id_of(run_dir), **origin, "metric_rule": config.grid.metric_rule,
+    if pick not in PICKS:  # before the run is opened: the argument is wrong whatever the run holds
+        raise _config_error("pick", "is not a choice", pick, f"choose one of {', '.join(PICKS)}")
+    run = source if isinstance(source, SearchResult) else SearchResult(source)
+    spec, origin = picked_spec(run, pick)
+    run_dir, cfg = run.run_dir, config_dict(run.config)
+    provenance = {"run_id": run_id_of(run_dir), **origin, "metric_rule": run.config.grid.metric_rule,
                   "task_grid": cfg["grid"], "train": cfg["train"], "search": cfg["search"],
                   "evoloss_version": evoloss_version()}
     out_dir = Path(out) if out else run_dir / "export" / name

@@ -26,6 +26,28 @@ COMMANDS = (
 )
 
 
+def config_argument(args: argparse.Namespace, kind: str) -> str:
+    """The one config a command's arguments name, CONFIG.toml or ``--preset NAME`` of ``kind``
+    ("search" or "compare"); an unknown preset is refused with the close matches."""
+    if bool(args.config) == bool(args.preset):
+        raise ValueError(f"give exactly one of CONFIG.toml or --preset NAME (e.g. evoloss {kind} --preset quick)")
+    if args.preset:
+        from evoloss.search.preset_files import preset_names
+
+        if args.preset not in preset_names(kind):
+            from evoloss.search.config_fields import unknown_name
+
+            raise unknown_name("--preset", args.preset, preset_names(kind))
+    return args.preset or args.config
+
+
+def overrides_argument(args: argparse.Namespace) -> dict:
+    """The ``--set KEY=VALUE`` arguments as the API's ``overrides`` mapping."""
+    from evoloss.search.config import parse_override
+
+    return dict(parse_override(s) for s in args.set)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse exits 2 already; keep it to one line
         self.exit(2, f"evoloss: error: {message} (see 'evoloss --help')\n")

@@ -25,6 +25,13 @@ def test_importing_evoloss_loads_nothing_heavy():
     assert out.stdout.strip() == ""
 
 
+def test_the_report_command_offers_the_report_metrics():
+    from evoloss.results.tables import METRICS
+    from evoloss.search.commands import report
+
+    assert report.METRICS == METRICS
+
+
 def test_public_names_resolve_lazily():
     for name in evoloss.__all__:
         assert getattr(evoloss, name) is not None, name

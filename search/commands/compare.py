@@ -24,20 +24,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override a config key, e.g. --set train.epochs=2 or --set methods.evolved.run_dir=runs/x")
 
 
-def config_argument(args: argparse.Namespace) -> str:
-    """The one config the arguments name: CONFIG.toml or --preset NAME."""
-    if bool(args.config) == bool(args.preset):
-        raise ValueError("give exactly one of CONFIG.toml or --preset NAME (e.g. evoloss compare --preset quick)")
-    if args.preset:
-        from evoloss.search.preset_files import preset_names
-
-        if args.preset not in preset_names("compare"):
-            from evoloss.search.config_fields import unknown_name
-
-            raise unknown_name("--preset", args.preset, preset_names("compare"))
-    return args.preset or args.config
-
-
 def print_summary(result) -> None:
     """The summary table, the row counts and where the full report comes from."""
     summary = result.summary_info
@@ -50,10 +36,9 @@ def print_summary(result) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from evoloss.search import api
-    from evoloss.search.config import parse_override
+    from evoloss.search.cli import config_argument, overrides_argument
 
-    overrides = dict(parse_override(s) for s in args.set)
-    result = api.compare(config_argument(args), out=args.out, address=args.address, overrides=overrides,
-                         progress=api.stderr_progress())
+    result = api.compare(config_argument(args, "compare"), out=args.out, address=args.address,
+                         overrides=overrides_argument(args), progress=api.stderr_progress())
     print_summary(result)
     return 0

@@ -4,9 +4,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from evoloss.search.api import PICKS  # a light module: its heavy imports happen inside its functions
+
 NAME = "export"
 HELP = "export the best candidate of a search run as a loss plug-in (loss.json + standalone .py)"
-PICKS = ("best", "mean")  # evoloss.search.api.PICKS, spelled here so that --help imports nothing heavy
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

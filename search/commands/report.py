@@ -11,7 +11,7 @@ import argparse
 
 NAME = "report"
 HELP = "Write report.md (protocol, accuracy tables, average ranks, cost) and PNG figures for a compare or search run."
-# evoloss.results.tables.METRICS, spelled here so that --help imports nothing heavy (a test keeps them equal)
+# evoloss.results.tables.METRICS, spelled here so that --help imports no pandas (tests/test_api.py keeps them equal)
 METRICS = ("test_acc_last", "test_acc_best", "val_acc_last", "val_acc_best")
 
 

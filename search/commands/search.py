@@ -24,9 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def api_arguments(args: argparse.Namespace) -> dict:
     """The keyword arguments of `evoloss.search` that the command line's arguments stand for."""
-    from evoloss.search.config import parse_override
+    from evoloss.search.cli import config_argument, overrides_argument
 
-    overrides = dict(parse_override(s) for s in args.set)
+    overrides = overrides_argument(args)
     if args.resume is not None:
         run_dir = args.resume if isinstance(args.resume, str) else args.out
         if not run_dir:
@@ -34,17 +34,7 @@ def api_arguments(args: argparse.Namespace) -> dict:
         if args.config or args.preset:
             raise ValueError("--resume continues a run with the config stored in it; drop CONFIG/--preset")
         return {"resume": run_dir, "overrides": overrides, "engine": args.engine, "data_dir": args.data_dir}
-    if bool(args.config) == bool(args.preset):
-        raise ValueError("give exactly one of CONFIG.toml or --preset NAME (e.g. evoloss search --preset quick)")
-    if args.preset:
-        from evoloss.search.preset_files import preset_names
-
-        if args.preset not in preset_names("search"):
-            from evoloss.search.config_fields import unknown_name
-
-            raise unknown_name("--preset", args.preset, preset_names("search"))
-    config = args.preset or args.config
-    return {"config": config, "out": args.out, "overrides": overrides, "engine": args.engine,
+    return {"config": config_argument(args, "search"), "out": args.out, "overrides": overrides, "engine": args.engine,
             "data_dir": args.data_dir}
 
 

@@ -109,10 +109,10 @@ def test_bad_preset_missing_file_and_used_run_dir(tmp_path: Path, capsys: pytest
 
 def test_preset_quick_resolves_to_the_compare_preset(tmp_path: Path) -> None:
     from evoloss.search.api import prepare_compare
-    from evoloss.search.commands.compare import config_argument
+    from evoloss.search.cli import config_argument
 
     args = build_parser().parse_args(["compare", "--preset", "quick", "--out", str(tmp_path / "r")])
-    config, run_dir = prepare_compare(config_argument(args), out=args.out,
+    config, run_dir = prepare_compare(config_argument(args, "compare"), out=args.out,
                                       overrides={"methods.evolved.run_dir": "runs/other"})
     names = {m.name for m in config.methods}
     assert names >= {"ce", "gce", "sce", "nce+mae", "evolved", "l2b", "mwnet", "adaptive-gce"}
