@@ -44,7 +44,22 @@ evoloss_version        string           evoloss package version
 torch_version          string           torch version on the worker
 schema_version         int64            SCHEMA_VERSION when written
 extra                  string (JSON)    method-specific extras (e.g. a learned Λ trajectory)
+execution              string           how the trainer ran it: "single" | "stacked" |
+                                        "stacked-compiled" | "one-by-one" ("" : not recorded)
+execution_note         string           why a faster path was not taken (e.g. the compile error); ""
+protocol               string           the trainer's hyperparameter protocol: "default" | "paper"
+clean_labels_used      int64            clean labels this evaluation consumed (meta set, clean
+                                        validation rows read for fitness or selection; 0: none)
+fitness_rule           string           how task accuracies became the candidate's fitness
+                                        (search rows; "" in a compare)
+fidelity               float64          share of the full epoch budget this evaluation was given
+                                        (1.0: full; < 1: stopped by a multi-fidelity schedule)
+version_change         string           "" or the evoloss/torch version change a resume allowed
 =====================  ===============  ==========================================================
+
+Schema history: 1 — first release; 2 — execution, execution_note, protocol, clean_labels_used,
+fitness_rule, fidelity, version_change added (the population trainer's path, the paper protocols,
+equal-clean-budget comparisons, multi-fidelity fitness, resumes across versions).
 
 Generation rows (`GENERATION_SCHEMA`, one per CMA-ES generation):
 
@@ -81,7 +96,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATUSES = ("ok", "diverged", "failed", "timeout")
 METHOD_KINDS = ("", "hand-designed", "evolved", "meta-learned")
 METRIC_RULES = ("last", "best")
@@ -97,6 +112,8 @@ _EVAL_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
     ("epochs_run", _I), ("curve_val", pa.list_(_F)), ("train_loss_last", _F), ("wall_s", _F),
     ("device", _S), ("host", _S), ("trainer", _S), ("metric_rule", _S), ("fitness_metric", _S),
     ("evoloss_version", _S), ("torch_version", _S), ("schema_version", _I), ("extra", _S),
+    ("execution", _S), ("execution_note", _S), ("protocol", _S), ("clean_labels_used", _I),
+    ("fitness_rule", _S), ("fidelity", _F), ("version_change", _S),
 )
 _GENERATION_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
     ("run_id", _S), ("generation", _I), ("best_fitness", _F), ("mean_fitness", _F),

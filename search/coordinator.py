@@ -99,7 +99,8 @@ def make_jobs(generation: int, tasks: Sequence[Task], specs: Sequence[LossSpec],
 
 
 def record_to_row(rec: Mapping[str, Any], task: Task, *, run_id: str, generation: int, metric_rule: str,
-                  method: str = "", method_kind: str = "") -> dict[str, Any]:
+                  method: str = "", method_kind: str = "", fitness_rule: str = "",
+                  version_change: str = "") -> dict[str, Any]:
     """A worker's record dict (EvalRecord fields + identity) → one evaluation row of results.schema."""
     n = task.noise
     return {
@@ -123,6 +124,10 @@ def record_to_row(rec: Mapping[str, Any], task: Task, *, run_id: str, generation
         "evoloss_version": rec.get("evoloss_version") or evoloss_version(),
         "torch_version": rec.get("torch_version") or "",
         "schema_version": SCHEMA_VERSION, "extra": rec.get("extra") or {},
+        "execution": rec.get("execution") or "", "execution_note": rec.get("execution_note") or "",
+        "protocol": rec.get("protocol") or "", "clean_labels_used": int(rec.get("clean_labels_used", 0)),
+        "fitness_rule": fitness_rule, "fidelity": float(rec.get("fidelity", 1.0)),
+        "version_change": version_change,
     }
 
 

@@ -38,6 +38,11 @@ class EvalRecord:
     device: str = "cpu"
     trainer: str = "standard"
     extra: dict = field(default_factory=dict)
+    execution: str = ""  # "single" | "stacked" | "stacked-compiled" | "one-by-one"
+    execution_note: str = ""  # why a faster path was not taken
+    protocol: str = ""  # "default" | "paper"
+    clean_labels_used: int = 0
+    fidelity: float = 1.0
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

@@ -58,7 +58,8 @@ def base_row(**over: Any) -> dict[str, Any]:
         test_acc_best=math.nan, noisy_val_acc_best=math.nan, best_epoch=-1, epochs_run=0, curve_val=[],
         train_loss_last=math.nan, wall_s=0.0, device="cpu", host="worker-1", trainer="standard",
         metric_rule="last", fitness_metric="val_acc_last", evoloss_version="0.1.0", torch_version="2.14.1",
-        schema_version=SCHEMA_VERSION, extra={},
+        schema_version=SCHEMA_VERSION, extra={}, execution="single", execution_note="",
+        protocol="default", clean_labels_used=0, fitness_rule="", fidelity=1.0, version_change="",
     )
     row.update(over)
     return row

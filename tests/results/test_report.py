@@ -10,6 +10,7 @@ import pytest
 from matplotlib.image import imread
 
 from evoloss.results.report import REPORT_NAME, build_report, read_run, run_kinds, write_report
+from evoloss.results.schema import SCHEMA_VERSION
 from evoloss.results.store import ParquetStore
 from tests.results.report_rows import (
     TASK_LABELS,
@@ -79,7 +80,7 @@ def test_protocol_is_stated_from_the_rows(compare_report: tuple[Path, str]) -> N
     assert "- Noise: symmetric (convention `exact`): rate 0.4 (realised 0.400), rate 0.8 (realised 0.800)" in protocol
     assert "- Seeds: 0, 1, 2" in protocol
     assert "- Grid: digits/mlp2, mnist1d/cnn1d" in protocol
-    assert "- Versions: evoloss 0.1.0; torch 2.14.1; schema 1" in protocol
+    assert f"- Versions: evoloss 0.1.0; torch 2.14.1; schema {SCHEMA_VERSION}" in protocol
     assert text.index("## Protocol") < text.index("## Accuracy")
 
 

@@ -33,7 +33,7 @@ def eval_row(generation: int, candidate: int, **over: object) -> dict:
         dataset="digits", arch="mlp2", noise_type="symmetric", noise_rate=0.8, noise_convention="exact",
         noise_rate_realised=0.79, seed=0, task_key="digits/mlp2/symmetric0.8-exact/s0", host="h",
         metric_rule="last", fitness_metric="val_acc_last", evoloss_version="0.1.0",
-        torch_version="2.14.1", schema_version=SCHEMA_VERSION,
+        torch_version="2.14.1", schema_version=SCHEMA_VERSION, fitness_rule="", version_change="",
     )
     row.update(over)
     return row
