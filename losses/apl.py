@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from evoloss.losses.criterion import as_column, as_param
 from evoloss.losses.registry import Param, register_family
 
 NCE_MAE_PARAMS = [
@@ -49,7 +50,29 @@ def log_one_minus_softmax(logits: torch.Tensor) -> torch.Tensor:
     return torch.where(is_top, log_rest_of_top.expand_as(logits), torch.log1p(-safe_probs))
 
 
-@register_family("nce_mae", params=NCE_MAE_PARAMS)
+def nce_mae_label_table(
+    logits: torch.Tensor, alpha: float | torch.Tensor = 1.0, beta: float | torch.Tensor = 1.0
+) -> torch.Tensor:
+    """``[B, C]``: ``α·log p_c / Σ_k log p_k + β·(1 − p_c)`` for every label c."""
+    alpha, beta = as_column(alpha), as_column(beta)
+    log_probs = F.log_softmax(logits, dim=1)
+    return alpha * (log_probs / log_probs.sum(dim=1, keepdim=True)) + beta * (1.0 - torch.exp(log_probs))
+
+
+def nfl_mae_label_table(
+    logits: torch.Tensor,
+    alpha: float | torch.Tensor = 1.0,
+    beta: float | torch.Tensor = 1.0,
+    gamma: float | torch.Tensor = 0.5,
+) -> torch.Tensor:
+    """``[B, C]``: ``α·NFL_c + β·(1 − p_c)`` for every label c."""
+    alpha, beta, gamma = as_column(alpha), as_column(beta), as_column(as_param(gamma, logits))
+    log_probs = F.log_softmax(logits, dim=1)
+    focal_all = -torch.exp(gamma * log_one_minus_softmax(logits)) * log_probs
+    return alpha * (focal_all / focal_all.sum(dim=1, keepdim=True)) + beta * (1.0 - torch.exp(log_probs))
+
+
+@register_family("nce_mae", params=NCE_MAE_PARAMS, helpers=(as_column,), label_table=nce_mae_label_table)
 def nce_mae_loss(
     logits: torch.Tensor,
     targets: torch.Tensor,
@@ -66,7 +89,8 @@ def nce_mae_loss(
     return alpha * normalised_ce + beta * (1.0 - torch.exp(log_p_y))
 
 
-@register_family("nfl_mae", params=NFL_MAE_PARAMS, helpers=(log_one_minus_softmax,))
+@register_family("nfl_mae", params=NFL_MAE_PARAMS, helpers=(as_column, as_param, log_one_minus_softmax),
+                 label_table=nfl_mae_label_table)
 def nfl_mae_loss(
     logits: torch.Tensor,
     targets: torch.Tensor,
@@ -79,9 +103,7 @@ def nfl_mae_loss(
     Parameters may be floats, 0-d tensors or per-sample ``[B]`` tensors (``gamma`` is broadcast over
     the classes as ``[B, 1]``).
     """
-    gamma_col = torch.as_tensor(gamma, dtype=logits.dtype, device=logits.device)
-    if gamma_col.dim() == 1:
-        gamma_col = gamma_col.unsqueeze(1)
+    gamma_col = as_column(as_param(gamma, logits))  # a float filled in on the device: no host-to-device copy
     log_probs = F.log_softmax(logits, dim=1)
     focal_all = -torch.exp(gamma_col * log_one_minus_softmax(logits)) * log_probs  # [B, C]
     focal_y = focal_all.gather(1, targets.unsqueeze(1)).squeeze(1)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import torch
 
+from evoloss.losses.criterion import as_column, as_param
 from evoloss.losses.registry import Param, register_family
 
 BITEMPERED_PARAMS = [
@@ -73,7 +74,19 @@ def tempered_log_softmax(logits: torch.Tensor, t2: torch.Tensor, num_iters: int 
     return log1p_ratio(shifted - expm1_ratio(w, excess), -excess)
 
 
-@register_family("bitempered", params=BITEMPERED_PARAMS, helpers=(expm1_ratio, log1p_ratio, tempered_log_softmax))
+def bitempered_label_table(
+    logits: torch.Tensor, t1: float | torch.Tensor = 0.8, t2: float | torch.Tensor = 1.2
+) -> torch.Tensor:
+    """``[B, C]``: ``−log_t1(p̂_c) − (1 − Σ_j p̂_j^{2−t1})/(2 − t1)`` for every label c (shu Eq. 4)."""
+    t1, t2 = as_column(as_param(t1, logits)), as_column(as_param(t2, logits))
+    log_probs = tempered_log_softmax(logits, t2)
+    power_sum = torch.exp((2.0 - t1) * log_probs).sum(dim=1, keepdim=True)
+    return -expm1_ratio(log_probs, 1.0 - t1) - (1.0 - power_sum) / (2.0 - t1)
+
+
+@register_family("bitempered", params=BITEMPERED_PARAMS,
+                 helpers=(as_column, as_param, expm1_ratio, log1p_ratio, tempered_log_softmax),
+                 label_table=bitempered_label_table)
 def bitempered_loss(
     logits: torch.Tensor,
     targets: torch.Tensor,
@@ -84,10 +97,8 @@ def bitempered_loss(
 
     ``t1`` and ``t2`` may be floats, 0-d tensors or per-sample ``[B]`` tensors; gradients flow to both.
     """
-    t1 = torch.as_tensor(t1, dtype=logits.dtype, device=logits.device)
-    t2 = torch.as_tensor(t2, dtype=logits.dtype, device=logits.device)
-    t1 = t1.unsqueeze(1) if t1.dim() == 1 else t1
-    t2 = t2.unsqueeze(1) if t2.dim() == 1 else t2
+    t1 = as_column(as_param(t1, logits))  # a float filled in on the device: no host-to-device copy
+    t2 = as_column(as_param(t2, logits))
     log_probs = tempered_log_softmax(logits, t2)
     log_p_y = log_probs.gather(1, targets.unsqueeze(1))
     log_t1_p_y = expm1_ratio(log_p_y, 1.0 - t1)  # log_t1(p̂_y) = (p̂_y^{1−t1} − 1)/(1−t1)

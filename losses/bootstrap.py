@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from evoloss.losses.criterion import as_column
 from evoloss.losses.registry import Param, register_family
 
 BOOTSTRAP_PARAMS = [
@@ -23,7 +24,15 @@ BOOTSTRAP_PARAMS = [
 ]
 
 
-@register_family("bootstrap", params=BOOTSTRAP_PARAMS)
+def bootstrap_label_table(logits: torch.Tensor, beta: float | torch.Tensor = 0.95) -> torch.Tensor:
+    """``[B, C]``: ``β·(−log p_c) + (1 − β)·H(p)`` for every label c."""
+    beta = as_column(beta)
+    log_probs = F.log_softmax(logits, dim=1)
+    entropy = -(torch.exp(log_probs) * log_probs).sum(dim=1, keepdim=True)
+    return beta * (-log_probs) + (1.0 - beta) * entropy
+
+
+@register_family("bootstrap", params=BOOTSTRAP_PARAMS, helpers=(as_column,), label_table=bootstrap_label_table)
 def bootstrap_loss(logits: torch.Tensor, targets: torch.Tensor, beta: float | torch.Tensor = 0.95) -> torch.Tensor:
     """Soft bootstrapping loss ``β·CE + (1 − β)·H(p)`` per sample (Reed et al. 2015, soft version).
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from evoloss.losses.apl import log_one_minus_softmax
+from evoloss.losses.criterion import as_column
 from evoloss.losses.registry import Param, register_family
 
 FOCAL_PARAMS = [
@@ -18,7 +20,14 @@ FOCAL_PARAMS = [
 ]
 
 
-@register_family("focal", params=FOCAL_PARAMS)
+def focal_label_table(logits: torch.Tensor, gamma: float | torch.Tensor = 2.0) -> torch.Tensor:
+    """``[B, C]``: ``−(1 − p_c)^γ log p_c`` for every label c (``log(1 − p_c)`` without cancellation)."""
+    gamma = as_column(gamma)
+    return -torch.exp(gamma * log_one_minus_softmax(logits)) * F.log_softmax(logits, dim=1)
+
+
+@register_family("focal", params=FOCAL_PARAMS, helpers=(as_column, log_one_minus_softmax),
+                 label_table=focal_label_table)
 def focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float | torch.Tensor = 2.0) -> torch.Tensor:
     """Focal loss ``−(1 − p_y)^γ log p_y`` per sample (Lin et al. 2017, Eq. 4).
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from evoloss.losses.criterion import as_column
 from evoloss.losses.registry import Param, register_family
 
 GCE_PARAMS = [
@@ -22,7 +23,13 @@ GCE_PARAMS = [
 ]
 
 
-@register_family("gce", params=GCE_PARAMS)
+def gce_label_table(logits: torch.Tensor, q: float | torch.Tensor = 0.7) -> torch.Tensor:
+    """``[B, C]``: ``(1 − p_c^q)/q`` for every label c (per-row ``q`` as a column)."""
+    q = as_column(q)
+    return -torch.expm1(q * F.log_softmax(logits, dim=1)) / q
+
+
+@register_family("gce", params=GCE_PARAMS, helpers=(as_column,), label_table=gce_label_table)
 def gce_loss(logits: torch.Tensor, targets: torch.Tensor, q: float | torch.Tensor = 0.7) -> torch.Tensor:
     """Generalized cross entropy ``(1 − p_y^q)/q`` per sample (shu-adaptive-robust-loss Eq. 2).
 

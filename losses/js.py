@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from evoloss.losses.criterion import as_column, as_param
 from evoloss.losses.registry import Param, register_family
 
 JS_PARAMS = [
@@ -34,13 +35,24 @@ JS_PARAMS = [
 ]
 
 
-@register_family("js", params=JS_PARAMS)
+def js_label_table(logits: torch.Tensor, pi1: float | torch.Tensor = 0.5) -> torch.Tensor:
+    """``[B, C]``: the normalised JS loss of every row under every label c (the module docstring's terms)."""
+    pi1 = as_column(as_param(pi1, logits))
+    log_probs = F.log_softmax(logits, dim=1)
+    probs = torch.exp(log_probs)
+    log_keep = torch.log1p(-pi1)
+    log_m = torch.logaddexp(torch.log(pi1), log_keep + log_probs)
+    kl_prediction = -(1.0 - probs) * log_keep + probs * log_probs - probs * log_m
+    return (pi1 * -log_m + (1.0 - pi1) * kl_prediction) / (-(1.0 - pi1) * log_keep)
+
+
+@register_family("js", params=JS_PARAMS, helpers=(as_column, as_param), label_table=js_label_table)
 def js_loss(logits: torch.Tensor, targets: torch.Tensor, pi1: float | torch.Tensor = 0.5) -> torch.Tensor:
     """Normalised Jensen–Shannon loss per sample (ding-narl-adjuster Eq. 5, Englesson & Azizpour 2021).
 
     ``pi1`` may be a float, a 0-d tensor or a per-sample ``[B]`` tensor.
     """
-    pi1 = torch.as_tensor(pi1, dtype=logits.dtype, device=logits.device)
+    pi1 = as_param(pi1, logits)  # a float filled in on the device: no host-to-device copy
     log_p_y = F.log_softmax(logits, dim=1).gather(1, targets.unsqueeze(1)).squeeze(1)
     p_y = torch.exp(log_p_y)
     log_keep = torch.log1p(-pi1)  # log(1 − π1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from evoloss.losses.criterion import as_column
 from evoloss.losses.registry import Param, register_family
 
 LABEL_SMOOTHING_PARAMS = [
@@ -18,7 +19,15 @@ LABEL_SMOOTHING_PARAMS = [
 ]
 
 
-@register_family("label_smoothing", params=LABEL_SMOOTHING_PARAMS)
+def label_smoothing_label_table(logits: torch.Tensor, eps: float | torch.Tensor = 0.1) -> torch.Tensor:
+    """``[B, C]``: ``(1−ε)·(−log p_c) + ε·mean_k(−log p_k)`` for every label c."""
+    eps = as_column(eps)
+    log_probs = F.log_softmax(logits, dim=1)
+    return (1.0 - eps) * (-log_probs) + eps * (-log_probs.mean(dim=1, keepdim=True))
+
+
+@register_family("label_smoothing", params=LABEL_SMOOTHING_PARAMS, helpers=(as_column,),
+                 label_table=label_smoothing_label_table)
 def label_smoothing_loss(
     logits: torch.Tensor, targets: torch.Tensor, eps: float | torch.Tensor = 0.1
 ) -> torch.Tensor:

@@ -13,7 +13,12 @@ import torch.nn.functional as F
 from evoloss.losses.registry import register_family
 
 
-@register_family("mae")
+def mae_label_table(logits: torch.Tensor) -> torch.Tensor:
+    """``[B, C]``: 1 − softmax(logits)_c, the loss of each row under each label."""
+    return 1.0 - torch.exp(F.log_softmax(logits, dim=1))
+
+
+@register_family("mae", label_table=mae_label_table)
 def mae_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Reduced mean absolute error ``1 − softmax(logits)_y`` per sample (Ghosh et al. 2017)."""
     log_p_y = F.log_softmax(logits, dim=1).gather(1, targets.unsqueeze(1)).squeeze(1)

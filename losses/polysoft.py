@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from evoloss.losses.criterion import as_column
 from evoloss.losses.registry import Param, register_family
 
 POLYSOFT_PARAMS = [
@@ -29,7 +30,20 @@ POLYSOFT_PARAMS = [
 ]
 
 
-@register_family("polysoft", params=POLYSOFT_PARAMS)
+def polysoft_label_table(
+    logits: torch.Tensor, lam: float | torch.Tensor = 5.0, d: float | torch.Tensor = 2.0
+) -> torch.Tensor:
+    """``[B, C]``: PolySoft of ``ℓ_CE = −log p_c`` for every label c (same clamped form as the loss)."""
+    lam, d = as_column(lam), as_column(d)
+    ce = -F.log_softmax(logits, dim=1)
+    base = torch.clamp(1.0 - ce / lam, min=0.0)
+    positive = base > 0
+    safe_base = torch.where(positive, base, torch.ones_like(base))
+    powered = torch.where(positive, torch.exp(d / (d - 1.0) * torch.log(safe_base)), torch.zeros_like(base))
+    return (d - 1.0) * lam / d * (1.0 - powered)
+
+
+@register_family("polysoft", params=POLYSOFT_PARAMS, helpers=(as_column,), label_table=polysoft_label_table)
 def polysoft_loss(
     logits: torch.Tensor,
     targets: torch.Tensor,

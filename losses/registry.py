@@ -5,10 +5,27 @@ declaration of its parameters (names, valid ranges, defaults) and a genome codec
 Family names are keys in Parquet rows and in exported plug-ins, so they are unique and stable: a
 duplicate registration raises, and an unknown name lists the valid ones.
 
-Writing a family (one module in ``losses/``): the per-sample function and the helpers it lists in
-``helpers=`` use only ``torch``, ``math`` and ``F`` (``torch.nn.functional``), take parameters as
-keyword arguments (a float, a 0-d tensor or a per-sample ``[B]`` tensor), and never call anything else
-of ours: ``losses.plugin`` copies their source into the standalone plug-in module.
+The family-definition contract (built-in families and users' own, `register_family`):
+
+- ``fn(logits [B, C], targets [B], **params) -> [B]``: class-index targets (int64), one loss per row,
+  differentiable in ``logits`` and in tensor parameters. Each parameter arrives as a Python float, a
+  0-d tensor or a per-row ``[B]`` tensor (`losses.criterion.as_column` turns ``[B]`` into ``[B, 1]``).
+  Keep the forward free of host synchronisation (no ``.item()``, ``int(tensor)``, ``torch.unique``,
+  Python branches on tensor values) and of host-to-device copies (``torch.tensor(...)`` /
+  ``torch.as_tensor(float)`` on the logits' device): the loss then compiles without graph breaks and
+  runs inside CUDA graphs.
+- ``label_table=`` (optional) ``table(logits [B, C], **params) -> [B, C]`` with entry ``[i, c]`` the
+  loss of row i were its label c (``table.gather(1, y) == fn(logits, y)``). Class-probability
+  targets and ``label_smoothing`` use it (`losses.criterion`: the expected loss under the target
+  distribution); without it ``fn`` is evaluated once per class (C times the work).
+- ``native=`` (optional) a function with ``F.cross_entropy``'s signature ``(input, target, weight,
+  ignore_index, reduction, label_smoothing, **params)`` used instead of the generic rule (``ce``).
+- ``soft_targets=False`` makes probability targets and ``label_smoothing`` a clear error.
+- Portability: ``fn``, ``label_table``, ``native`` and the helpers listed in ``helpers=`` are module-level
+  ``def`` functions (or classes) in an importable ``.py`` file, reading only ``torch``, ``math``, ``F``
+  (``torch.nn.functional``), ``nn``, builtins, each other and `losses.criterion`'s functions — no module
+  constants (write them as literals), closures or other imports: ``losses.plugin`` copies their source
+  into the standalone plug-in module, so a user's family exports exactly as a built-in one does.
 """
 from __future__ import annotations
 
@@ -116,6 +133,17 @@ class Family:
     doc: str = ""
     # Families whose parameters are searched by CMA-ES (all with at least one parameter).
     searchable: bool = True
+    # The loss under every label, [B, C] (see the module docstring); None: fn once per class.
+    label_table: Callable[..., torch.Tensor] | None = None
+    # A full F.cross_entropy-signature implementation replacing the generic rule (ce), or None.
+    native: Callable[..., torch.Tensor] | None = None
+    # False: class-probability targets and label_smoothing raise (the loss needs the label itself).
+    soft_targets: bool = True
+
+    @property
+    def code(self) -> tuple[Callable, ...]:
+        """Everything a standalone plug-in copies for this family: fn, label_table, native, helpers."""
+        return tuple(c for c in (self.fn, self.label_table, self.native, *self.helpers) if c is not None)
 
     @property
     def param_names(self) -> tuple[str, ...]:
@@ -215,8 +243,13 @@ def register_family(
     *,
     helpers: Iterable[Callable] = (),
     searchable: bool | None = None,
+    label_table: Callable[..., torch.Tensor] | None = None,
+    native: Callable[..., torch.Tensor] | None = None,
+    soft_targets: bool = True,
 ) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
     """Decorator: register ``fn(logits, targets, **params) -> [B]`` as loss family ``name``.
+
+    ``label_table``, ``native``, ``soft_targets`` and ``helpers``: see the module docstring.
 
     Raises:
         ValueError: ``name`` is already registered, or is not a lower-case identifier.
@@ -235,6 +268,9 @@ def register_family(
             helpers=tuple(helpers),
             doc=(fn.__doc__ or "").strip(),
             searchable=bool(ps) if searchable is None else searchable,
+            label_table=label_table,
+            native=native,
+            soft_targets=bool(soft_targets),
         )
         return fn
 

@@ -16,6 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from evoloss.losses.criterion import as_column
 from evoloss.losses.registry import Param, register_family
 
 SCE_PARAMS = [
@@ -25,7 +26,19 @@ SCE_PARAMS = [
 ]
 
 
-@register_family("sce", params=SCE_PARAMS)
+def sce_label_table(
+    logits: torch.Tensor,
+    alpha: float | torch.Tensor = 0.1,
+    beta: float | torch.Tensor = 1.0,
+    A: float | torch.Tensor = -9.210340371976182,
+) -> torch.Tensor:
+    """``[B, C]``: ``α·(−log p_c) + β·(−A)(1 − p_c)`` for every label c."""
+    alpha, beta, A = as_column(alpha), as_column(beta), as_column(A)
+    log_probs = F.log_softmax(logits, dim=1)
+    return alpha * (-log_probs) + beta * (-A * (1.0 - torch.exp(log_probs)))
+
+
+@register_family("sce", params=SCE_PARAMS, helpers=(as_column,), label_table=sce_label_table)
 def sce_loss(
     logits: torch.Tensor,
     targets: torch.Tensor,

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import torch
 
+from evoloss.losses.criterion import as_column, as_param
 from evoloss.losses.registry import Param, register_family
 
 TAYLOR_DEFAULTS = (0.0, 0.0, 0.0, 2.0, 0.0, 0.0, -2.0, 0.0, 0.0, 0.0, 0.0, 0.0)
@@ -80,22 +81,55 @@ def taylor_grid_max_abs(theta: list[torch.Tensor], num_points: int = 101, floor:
     rows = torch.stack(torch.broadcast_tensors(*[v.reshape(-1) for v in theta]), dim=1)  # [B or 1, 12]
     grid_p = torch.linspace(0.0, 1.0, num_points, dtype=rows.dtype, device=rows.device)
     with torch.no_grad():
-        distinct, inverse = torch.unique(rows.detach(), dim=0, return_inverse=True)
+        distinct = rows.detach()
+        if rows.shape[0] > 1:  # per-sample θ; one row (scalar θ, every plug-in) needs no data-dependent unique
+            distinct, inverse = torch.unique(distinct, dim=0, return_inverse=True)
         t = [distinct[:, k].view(-1, 1, 1) for k in range(12)]
-        b = torch.tensor([0.0, 1.0], dtype=rows.dtype, device=rows.device).view(1, 1, 2) - t[1]
+        b = torch.arange(2, dtype=rows.dtype, device=rows.device).view(1, 1, 2) - t[1]  # y ∈ {0, 1}
         c1 = t[2] + b * (t[6] + b * (t[7] / 2.0 + b * t[10] / 6.0))
         c2 = t[3] / 2.0 + b * (t[8] / 2.0 + b * t[11] / 4.0)
         c3 = t[4] / 6.0 + b * t[9] / 6.0
         a = grid_p.view(1, -1, 1) - t[0]  # [G, num_points, 1]
         values = a * (c1 + a * (c2 + a * (c3 + a * t[5] / 24.0)))  # [G, num_points, 2]
-        best = values.abs().flatten(1).argmax(dim=1)[inverse]  # flat index p_index * 2 + y
+        best = values.abs().flatten(1).argmax(dim=1)  # flat index p_index * 2 + y
+        if rows.shape[0] > 1:
+            best = best[inverse]
     p_star = grid_p[torch.div(best, 2, rounding_mode="floor")]
     y_star = (best % 2).to(rows.dtype)
     peak = taylor_polynomial(p_star, y_star, [rows[:, k] for k in range(12)]).abs()
     return torch.clamp(peak, min=floor)
 
 
-@register_family("taylor", params=TAYLOR_PARAMS, helpers=(taylor_polynomial, taylor_grid_max_abs))
+def taylor_label_table(
+    logits: torch.Tensor,
+    theta0: float | torch.Tensor = 0.0,
+    theta1: float | torch.Tensor = 0.0,
+    theta2: float | torch.Tensor = 0.0,
+    theta3: float | torch.Tensor = 2.0,
+    theta4: float | torch.Tensor = 0.0,
+    theta5: float | torch.Tensor = 0.0,
+    theta6: float | torch.Tensor = -2.0,
+    theta7: float | torch.Tensor = 0.0,
+    theta8: float | torch.Tensor = 0.0,
+    theta9: float | torch.Tensor = 0.0,
+    theta10: float | torch.Tensor = 0.0,
+    theta11: float | torch.Tensor = 0.0,
+) -> torch.Tensor:
+    """``[B, C]``: the normalised Taylor loss of every row were its label c (Eq. 4/5).
+
+    With label c the one-hot entry is 1 at c only: ``Σ_k ℓ(p_k, 0) + ℓ(p_c, 1) − ℓ(p_c, 0)``, over the scale.
+    """
+    raw = [theta0, theta1, theta2, theta3, theta4, theta5, theta6, theta7, theta8, theta9, theta10, theta11]
+    theta = [as_param(t, logits) for t in raw]
+    columns = [as_column(t) for t in theta]
+    probs = torch.exp(torch.log_softmax(logits, dim=1))
+    off = taylor_polynomial(probs, torch.zeros_like(probs), columns)  # [B, C], label entry 0
+    on = taylor_polynomial(probs, torch.ones_like(probs), columns)  # label entry 1
+    return (off.sum(dim=1, keepdim=True) + on - off) / taylor_grid_max_abs(theta).reshape(-1, 1)
+
+
+@register_family("taylor", params=TAYLOR_PARAMS, helpers=(as_column, as_param, taylor_polynomial, taylor_grid_max_abs),
+                 label_table=taylor_label_table)
 def taylor_loss(
     logits: torch.Tensor,
     targets: torch.Tensor,
@@ -118,7 +152,7 @@ def taylor_loss(
     The scale is `taylor_grid_max_abs` (see the module docstring).
     """
     raw = [theta0, theta1, theta2, theta3, theta4, theta5, theta6, theta7, theta8, theta9, theta10, theta11]
-    theta = [torch.as_tensor(t, dtype=logits.dtype, device=logits.device) for t in raw]
+    theta = [as_param(t, logits) for t in raw]  # floats filled in on the device: no host-to-device copy
     columns = [t.unsqueeze(1) if t.dim() == 1 else t for t in theta]
     probs = torch.exp(torch.log_softmax(logits, dim=1))
     onehot = torch.zeros_like(probs).scatter(1, targets.unsqueeze(1), 1.0)

@@ -30,7 +30,7 @@ This module holds the loss (`AdjustedLoss` and the portable code `PORTABLE_CODE`
 (`AdjustedPlugin`) and its readers, and registers the ``adjuster`` section with `load_loss`; the
 section's field checks are in `losses.plugin.adjusted_format`. Export is in
 `losses.plugin.adjusted_export`: the standalone ``<name>.py`` copies, by the one plug-in mechanism
-(`portable_sources`), `check_inputs`, the base family's function and helpers and `PORTABLE_CODE`
+(`portable_sources`), `losses.criterion`'s code, the base family's code and `PORTABLE_CODE`
 (`adjuster_margin`, `adjuster_output`, `snapshot_index`, `AdjustedLoss`), with the weights written
 in as float literals.
 """
@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evoloss.losses.module import check_inputs
+from evoloss.losses.criterion import check_criterion_options, family_criterion
 from evoloss.losses.plugin.adjusted_format import (
     ADJUSTER_FORMAT,
     ADJUSTER_FORMAT_VERSION,
@@ -114,23 +114,29 @@ def snapshot_index(progress: float | None, count: int) -> int:
 class AdjustedLoss(nn.Module):
     """A robust loss with per-sample hyperparameters from a fixed NARL-Adjuster (ding Alg. 2, Eq. 13).
 
-    ``loss(logits [B, C], targets [B], progress=None, reduction=None)``; ``progress`` (or
-    `set_progress`) picks the snapshot by training stage (see `snapshot_index`). ``snapshots`` are
-    mappings of ``w1``, ``b1``, ``w2``, ``b2`` (nested lists or tensors); weights are float64 buffers,
-    cast to the logits' dtype and device when used.
+    ``loss(input, target, progress=None, reduction=None)``; ``progress`` (or `set_progress`) picks the
+    snapshot by training stage (see `snapshot_index`). ``snapshots`` are mappings of ``w1``, ``b1``,
+    ``w2``, ``b2`` (nested lists or tensors); weights are float64 buffers, cast to the logits' dtype
+    and device when used. ``nn.CrossEntropyLoss``'s options follow `losses.criterion` (``weight``,
+    ``ignore_index``, ``label_smoothing`` — the base loss's expected value under the smoothed label,
+    with the row's Λ — and ``[C]``, ``[N, C]``, ``[N, C, d1, ...]`` inputs); class-probability targets
+    raise, the adjuster's input being the labelled class's logit margin.
     """
 
     def __init__(self, base_loss: Callable, family: str, param_names: Sequence[str], offsets: Sequence[float],
                  scales: Sequence[float], snapshots: Sequence[Mapping], fixed_params: Mapping | None = None,
-                 reduction: str = "mean") -> None:
+                 reduction: str = "mean", *, weight: torch.Tensor | None = None, ignore_index: int = -100,
+                 label_smoothing: float = 0.0, label_table: Callable | None = None,
+                 validate: bool | None = None) -> None:
         super().__init__()
-        if reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"reduction={reduction!r} is not one of ('mean', 'sum', 'none')")
+        check_criterion_options(weight, None, None, reduction, label_smoothing, True, family)
         if not snapshots:
             raise ValueError("an adjusted loss needs at least one adjuster snapshot")
-        self.base_loss, self.family, self.reduction = base_loss, family, reduction
+        self.base_loss, self.family, self.reduction, self.label_table = base_loss, family, reduction, label_table
         self.param_names, self.fixed_params = tuple(param_names), dict(fixed_params or {})
         self.snapshot_count, self.progress = len(snapshots), None
+        self.ignore_index, self.label_smoothing, self.validate = int(ignore_index), float(label_smoothing), validate
+        self.register_buffer("weight", weight)
         self.register_buffer("offsets", torch.tensor([float(v) for v in offsets], dtype=torch.float64))
         self.register_buffer("scales", torch.tensor([float(v) for v in scales], dtype=torch.float64))
         for k, weights in enumerate(snapshots):
@@ -142,33 +148,33 @@ class AdjustedLoss(nn.Module):
         snapshot_index(progress, self.snapshot_count)
         self.progress = progress
 
-    def hyperparameters(self, logits: torch.Tensor, targets: torch.Tensor,
-                        progress: float | None = None) -> dict[str, torch.Tensor]:
-        """{name: [B]} per-sample Λ of the snapshot for ``progress`` (no gradient)."""
-        k = snapshot_index(self.progress if progress is None else progress, self.snapshot_count)
+    def snapshot_values(self, k: int, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{name: [M]} per-row Λ of snapshot ``k`` for ``logits`` [M, C] and class indices [M] (no gradient)."""
         weights = [getattr(self, f"snapshot{k}_{key}").to(logits) for key in ("w1", "b1", "w2", "b2")]
         with torch.no_grad():
-            margin = adjuster_margin(logits, targets.long())
+            margin = adjuster_margin(logits, targets)
             values = adjuster_output(margin, *weights, self.offsets.to(logits), self.scales.to(logits))
         return {name: values[:, i] for i, name in enumerate(self.param_names)}
 
-    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor, progress: float | None = None) -> torch.Tensor:
-        """[B] base loss with the per-sample Λ and the fixed parameters."""
-        check_inputs(logits, targets)
-        hyperparameters = self.hyperparameters(logits, targets, progress)
-        return self.base_loss(logits, targets.long(), **self.fixed_params, **hyperparameters)
+    def hyperparameters(self, logits: torch.Tensor, targets: torch.Tensor,
+                        progress: float | None = None) -> dict[str, torch.Tensor]:
+        """{name: [B]} per-sample Λ of the snapshot for ``progress`` (no gradient), logits [B, C]."""
+        k = snapshot_index(self.progress if progress is None else progress, self.snapshot_count)
+        return self.snapshot_values(k, logits, targets.long())
 
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor, progress: float | None = None,
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor, progress: float | None = None) -> torch.Tensor:
+        """The base loss with the per-sample Λ and the fixed parameters, unreduced."""
+        return self.forward(logits, targets, progress, reduction="none")
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor, progress: float | None = None,
                 reduction: str | None = None) -> torch.Tensor:
-        values = self.per_sample(logits, targets, progress)
-        how = self.reduction if reduction is None else reduction
-        if how == "mean":
-            return values.mean()
-        if how == "sum":
-            return values.sum()
-        if how == "none":
-            return values
-        raise ValueError(f"reduction={how!r} is not one of ('mean', 'sum', 'none')")
+        k = snapshot_index(self.progress if progress is None else progress, self.snapshot_count)
+        fixed = self.fixed_params
+        return family_criterion(self.base_loss, lambda logits, rows: {**fixed, **self.snapshot_values(k, logits, rows)},
+                                input, target, self.weight, self.ignore_index,
+                                self.reduction if reduction is None else reduction, self.label_smoothing,
+                                label_table=self.label_table, soft_targets=False, validate=self.validate,
+                                family=self.family)
 
     def extra_repr(self) -> str:
         return (f"family={self.family!r}, learned={self.param_names!r}, fixed={self.fixed_params!r}, "
@@ -194,11 +200,13 @@ class AdjustedPlugin:
     normalisation: str
     provenance: dict
 
-    def loss(self, reduction: str = "mean") -> AdjustedLoss:
-        """The loss module (`load_loss` returns this)."""
-        return AdjustedLoss(get_family(self.family).fn, self.family, self.param_names,
+    def loss(self, reduction: str = "mean", **options) -> AdjustedLoss:
+        """The loss module (`load_loss` returns this); ``options``: AdjustedLoss's CE keywords."""
+        family = get_family(self.family)
+        return AdjustedLoss(family.fn, self.family, self.param_names,
                             [self.offsets[n] for n in self.param_names], [self.scales[n] for n in self.param_names],
-                            self.snapshots, self.fixed_params, reduction=reduction)
+                            self.snapshots, self.fixed_params, reduction=reduction, label_table=family.label_table,
+                            **options)
 
     def base_spec(self) -> LossSpec:
         """The base family with the fixed parameters (what NARL's trainer takes as its spec)."""
@@ -253,9 +261,9 @@ def adjusted_plugin_at(path: str | os.PathLike) -> AdjustedPlugin | None:
     return read_adjusted_plugin(file)
 
 
-def _load_section(data: dict, where: str, reduction: str) -> AdjustedLoss:
+def _load_section(data: dict, where: str, reduction: str, **options) -> AdjustedLoss:
     """`losses.load_loss` of a document with an ``adjuster`` section."""
-    return parse_adjusted_plugin(data, where).loss(reduction)
+    return parse_adjusted_plugin(data, where).loss(reduction, **options)
 
 
 register_plugin_section(SECTION, _load_section)

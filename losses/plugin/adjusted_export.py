@@ -4,7 +4,7 @@
 training stage), checks that they come from one adjuster for the base family, builds the document of
 `losses.plugin.adjusted` (validated by `parse_adjusted_plugin`, so export and load apply the same
 rules) and writes it with `adjusted_standalone_source` through the all-or-nothing `write_plugin_dir`.
-The standalone module copies `check_inputs`, the base family's function and helpers and
+The standalone module copies `losses.criterion`'s code, the base family's code and
 `PORTABLE_CODE` (`losses.plugin.source.portable_sources`), the weights written in as float literals.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from evoloss.losses.module import check_inputs
+from evoloss.losses.criterion import CRITERION_CODE
 from evoloss.losses.plugin.adjusted import PORTABLE_CODE, SECTION, AdjustedPlugin, parse_adjusted_plugin
 from evoloss.losses.plugin.adjusted_format import STAGE_RULE, WEIGHT_KEYS
 from evoloss.losses.plugin.files import MAX_SPEC_BYTES, provenance_json, write_plugin_dir
@@ -56,10 +56,6 @@ def export_adjuster_plugin(adjuster: Mapping | Sequence[Mapping], base_family: s
     snapshots = _snapshot_list(adjuster)
     family = get_family(base_family)
     validate_plugin_name(name)
-    class_name = plugin_class_name(name)
-    if class_name in {code.__name__ for code in PORTABLE_CODE}:
-        raise ValueError(f"plug-in name {name!r} would name its class {class_name!r}, which the adjusted-loss module "
-                         f"already defines; choose another name, e.g. 'narl_{name}'")
     head = _common_head(snapshots, family.name)
     learned = head.get("param_names")
     fixed = _fixed_values(family, fixed_params, learned if isinstance(learned, list) else [])
@@ -117,7 +113,7 @@ def _fixed_values(family: Family, fixed_params: Mapping | None, learned: list) -
 
 # --- the standalone module ---------------------------------------------------------------------------
 _TEMPLATE_NAMES = {"annotations", "math", "torch", "F", "nn", "FAMILY", "NORMALISATION", "PARAM_NAMES",
-                   "FIXED_PARAMS", "OFFSETS", "SCALES", "SNAPSHOTS"}
+                   "FIXED_PARAMS", "OFFSETS", "SCALES", "SNAPSHOTS", "__all__"}
 _MODULE_TEMPLATE = '''\
 """Adjusted-loss plug-in `@NAME@` exported by evoloss: a NARL-Adjuster setting the @FAMILY_NAME@ loss.
 
@@ -127,9 +123,10 @@ m_i = f_y − max_{j≠y} f_j gives Λ_i = offset + scale·σ(W2 ReLU(W1 m_i + b
 and the loss is @FAMILY_NAME@ with those per-sample values and FIXED_PARAMS::
 
     from @NAME@ import @CLASS@
-    criterion = @CLASS@()  # reduction="mean" | "sum" | "none"
+    criterion = @CLASS@()  # weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0
     criterion.set_progress(epoch / epochs)  # the fraction of training done, in [0, 1]
-    loss = criterion(logits, targets)  # logits [B, C] float, targets [B]; or criterion(..., progress=0.5)
+    loss = criterion(logits, targets)  # logits [N, C], [N, C, d1, ...] or [C]; class-index targets
+                                       # [N, d1, ...]; or criterion(..., progress=0.5)
 
 Snapshots by training stage: with K snapshots, snapshot k is used while progress is in [k/K, (k+1)/K)
 (the last one also at 1). This plug-in holds @COUNT@:
@@ -152,6 +149,8 @@ SCALES = @SCALES@
 # One dict per snapshot, in stage order; PyTorch layout: w1 [hidden][1], b1 [hidden], w2 [P][hidden], b2 [P].
 SNAPSHOTS = @SNAPSHOTS@
 
+__all__ = ["@CLASS@"]
+
 
 # ---- copied from evoloss (decorators dropped) ----
 @CODE@
@@ -159,16 +158,20 @@ SNAPSHOTS = @SNAPSHOTS@
 class @CLASS@(AdjustedLoss):
     """The exported adjusted loss: ``@CLASS@(reduction="mean")(logits, targets, progress=None)``."""
 
-    def __init__(self, reduction: str = "mean") -> None:
-        super().__init__(@FN@, FAMILY, PARAM_NAMES, OFFSETS, SCALES, SNAPSHOTS, FIXED_PARAMS, reduction=reduction)
+    def __init__(self, weight: torch.Tensor | None = None, size_average=None, ignore_index: int = -100, reduce=None,
+                 reduction: str = "mean", label_smoothing: float = 0.0, *, validate: bool | None = None) -> None:
+        check_criterion_options(weight, size_average, reduce, reduction, label_smoothing, True, FAMILY)
+        super().__init__(@FN@, FAMILY, PARAM_NAMES, OFFSETS, SCALES, SNAPSHOTS, FIXED_PARAMS, reduction=reduction,
+                         weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
+                         label_table=@TABLE@, validate=validate)
 '''
 
 
 def adjusted_standalone_source(plugin: AdjustedPlugin) -> str:
     """The text of the standalone ``<name>.py`` of ``plugin`` (checked to compile; nothing is run)."""
     family = get_family(plugin.family)
-    class_name = plugin_class_name(plugin.name)
-    code = (check_inputs, family.fn, *family.helpers, *PORTABLE_CODE)
+    code = (*CRITERION_CODE, *family.code, *PORTABLE_CODE)
+    class_name = plugin_class_name(plugin.name, taken={*_TEMPLATE_NAMES, *(c.__name__ for c in code)})
     chunks = portable_sources(code, family.name, {*_TEMPLATE_NAMES, class_name})
     many = len(plugin.snapshots) > 1
     replacements = {
@@ -177,6 +180,7 @@ def adjusted_standalone_source(plugin: AdjustedPlugin) -> str:
         "@LEARNED@": ", ".join(plugin.param_names), "@PARAM_NAMES@": repr(plugin.param_names),
         "@FIXED@": repr(plugin.fixed_params), "@OFFSETS@": repr([plugin.offsets[n] for n in plugin.param_names]),
         "@SCALES@": repr([plugin.scales[n] for n in plugin.param_names]), "@FN@": family.fn.__name__,
+        "@TABLE@": family.label_table.__name__ if family.label_table is not None else "None",
         "@COUNT@": f"{len(plugin.snapshots)} snapshot{'s' if many else ''}",
         "@PROGRESS_NOTE@": "pass progress (or call set_progress) before computing the loss." if many
         else "progress is not needed.",

@@ -2,9 +2,9 @@
 
 `export_plugin` validates the spec, writes the document of `losses.plugin.format` and the module
 text of `standalone_source` — the template below filled with the family's name, normalisation and
-parameters (as literals), followed by `check_inputs`, the family's per-sample function and its
-helpers copied by `losses.plugin.source.portable_sources` — through the all-or-nothing
-`losses.plugin.files.write_plugin_dir`.
+parameters (as literals), `losses.criterion`'s code (the nn.CrossEntropyLoss contract) and the
+family's function, label table, native form and helpers, copied by
+`losses.plugin.source.portable_sources` — through the all-or-nothing `losses.plugin.files.write_plugin_dir`.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Mapping
 
 import torch
 
-from evoloss.losses.module import check_inputs
+from evoloss.losses.criterion import CRITERION_CODE
 from evoloss.losses.plugin.files import provenance_json, write_plugin_dir
 from evoloss.losses.plugin.format import (
     PLUGIN_FILE,
@@ -34,11 +34,17 @@ _MODULE_TEMPLATE = '''\
 """Loss plug-in `@NAME@` exported by evoloss: family @FAMILY@, normalisation @NORM@.
 
 Standalone: needs only torch (the evoloss loss code is copied below, the parameters written in as
-literals). A drop-in for ``nn.CrossEntropyLoss`` (``reduction`` only; no weight/ignore_index)::
+literals). A drop-in for ``nn.CrossEntropyLoss``: the same constructor arguments and call forms::
 
     from @NAME@ import @CLASS@
-    criterion = @CLASS@()  # reduction="mean" | "sum" | "none"
-    loss = criterion(logits, targets)  # logits [B, C] float, targets [B] class indices
+    criterion = @CLASS@()  # weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0
+    loss = criterion(logits, targets)  # logits [N, C], [N, C, d1, ...] or [C]; targets class indices
+                                       # [N, d1, ...] or class probabilities of the logits' shape
+
+``loss_fn(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0)`` is
+the functional form. ``validate=None`` (default) checks target values only for CPU tensors outside
+torch.compile, so the forward never synchronises with a GPU; ``validate=True`` always checks.
+What each option means for a family: evoloss's docs/plugin.md; the rules: `family_criterion` below.
 """
 from __future__ import annotations
 
@@ -51,42 +57,31 @@ from torch import nn
 FAMILY = @FAMILY@
 NORMALISATION = @NORM@
 PARAMS = @PARAMS@
-REDUCTIONS = ("mean", "sum", "none")
 
-
-def loss_fn(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """The loss of ``logits`` [B, C] for class indices ``targets`` [B], reduced by ``reduction``."""
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction={reduction!r} is not one of {REDUCTIONS}")
-    check_inputs(logits, targets)
-    per_sample = @FN@(logits, targets.long(), **PARAMS)
-    if reduction == "mean":
-        return per_sample.mean()
-    if reduction == "sum":
-        return per_sample.sum()
-    return per_sample
-
-
-class @CLASS@(nn.Module):
-    """The exported loss as a module: ``@CLASS@(reduction="mean")(logits, targets)``."""
-
-    def __init__(self, reduction: str = "mean") -> None:
-        super().__init__()
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction={reduction!r} is not one of {REDUCTIONS}")
-        self.reduction = reduction
-
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return loss_fn(logits, targets, self.reduction)
-
-    def extra_repr(self) -> str:
-        return f"family={FAMILY!r}, params={PARAMS!r}, reduction={self.reduction!r}"
+__all__ = ["@CLASS@", "loss_fn"]
 
 
 # ---- copied from evoloss (decorators dropped) ----
+@CODE@
+
+def loss_fn(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None, ignore_index: int = -100,
+            reduction: str = "mean", label_smoothing: float = 0.0) -> torch.Tensor:
+    """The exported loss with ``F.cross_entropy``'s arguments."""
+    return family_criterion(@FN@, PARAMS, input, target, weight, ignore_index, reduction, label_smoothing,
+                            label_table=@TABLE@, native=@NATIVE@, soft_targets=@SOFT@, family=FAMILY)
+
+
+class @CLASS@(FamilyLoss):
+    """The exported loss as a module, with ``nn.CrossEntropyLoss``'s constructor arguments."""
+
+    def __init__(self, weight: torch.Tensor | None = None, size_average=None, ignore_index: int = -100, reduce=None,
+                 reduction: str = "mean", label_smoothing: float = 0.0, *, validate: bool | None = None) -> None:
+        super().__init__(@FN@, PARAMS, weight, size_average, ignore_index, reduce, reduction, label_smoothing,
+                         label_table=@TABLE@, native=@NATIVE@, soft_targets=@SOFT@, validate=validate,
+                         family=FAMILY)
 '''
-_TEMPLATE_NAMES = {"annotations", "math", "torch", "F", "nn", "FAMILY", "NORMALISATION", "PARAMS", "REDUCTIONS",
-                   "loss_fn"}
+_TEMPLATE_NAMES = {"annotations", "math", "torch", "F", "nn", "FAMILY", "NORMALISATION", "PARAMS", "loss_fn",
+                   "__all__"}
 
 
 def export_plugin(
@@ -128,18 +123,25 @@ def export_plugin(
 
 
 def standalone_source(family: Family, params: Mapping[str, float], name: str) -> str:
-    """The text of the standalone ``<name>.py`` for ``family`` with float ``params`` (checked to compile)."""
-    class_name = plugin_class_name(name)
-    chunks = portable_sources((check_inputs, family.fn, *family.helpers), family.name, {*_TEMPLATE_NAMES, class_name})
+    """The text of the standalone ``<name>.py`` for ``family`` with float ``params`` (checked to compile).
+
+    The module copies `losses.criterion`'s `CRITERION_CODE` and the family's code (`Family.code`); its
+    class is named by `plugin_class_name`, which never collides with a name the module defines.
+    """
+    code = (*CRITERION_CODE, *family.code)
+    class_name = plugin_class_name(name, taken={*_TEMPLATE_NAMES, *(c.__name__ for c in code)})
+    chunks = portable_sources(code, family.name, {*_TEMPLATE_NAMES, class_name})
     params_literal = "{" + ", ".join(f"{key!r}: {float(value)!r}" for key, value in params.items()) + "}"
     replacements = {
         "@NAME@": name, "@CLASS@": class_name, "@FAMILY@": repr(family.name),
         "@NORM@": repr(normalisation_name(family)), "@PARAMS@": params_literal, "@FN@": family.fn.__name__,
+        "@TABLE@": family.label_table.__name__ if family.label_table is not None else "None",
+        "@NATIVE@": family.native.__name__ if family.native is not None else "None",
+        "@SOFT@": repr(bool(family.soft_targets)), "@CODE@": "\n\n".join(chunks),
     }
     text = _MODULE_TEMPLATE
     for token, value in replacements.items():
         text = text.replace(token, value)
-    text += "\n\n".join(chunks)
     compile(text, f"{name}.py", "exec")  # syntax check only; nothing is run
     return text
 

@@ -40,6 +40,9 @@ def read_json_object(file: Path) -> dict:
         raise ValueError(f"{file}: is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
     except ValueError as exc:  # a duplicate key
         raise ValueError(f"{file}: {exc}") from None
+    except RecursionError:  # json nests recursively: thousands of [ or { exhaust the stack
+        raise ValueError(f"{file}: nests JSON arrays or objects thousands of levels deep; a loss spec needs "
+                         "a few") from None
     if not isinstance(data, dict):
         raise ValueError(f"{file}: must be a JSON object {{...}}; got a JSON {type(data).__name__}")
     return data

@@ -16,7 +16,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Collection, Mapping
 
 from torch import nn
 
@@ -49,12 +49,12 @@ __all__ = [
     "validate_plugin_name",
 ]
 
-SectionLoader = Callable[[dict, str, str], nn.Module]
+SectionLoader = Callable[..., nn.Module]  # (document, where, reduction, **options)
 _SECTION_LOADERS: dict[str, SectionLoader] = {}
 
 
 def register_plugin_section(field: str, loader: SectionLoader) -> None:
-    """Register a typed top-level section: ``loader(document, where, reduction) -> nn.Module``.
+    """Register a typed top-level section: ``loader(document, where, reduction, **options) -> nn.Module``.
 
     Raises:
         ValueError: ``field`` is a plain plug-in field or already registered.
@@ -91,27 +91,43 @@ def validate_plugin_name(name: object) -> None:
         raise ValueError(f"plug-in name {name!r} would shadow the module {name!r}; choose e.g. '{name}_loss'")
 
 
-def plugin_class_name(name: str) -> str:
-    """The nn.Module class name of plug-in ``name``: ``evolved_loss`` -> ``EvolvedLoss``."""
+def plugin_class_name(name: str, taken: Collection[str] = ()) -> str:
+    """The nn.Module class name of plug-in ``name``: ``evolved_loss`` -> ``EvolvedLoss``.
+
+    ``taken`` holds the names the generated module defines itself (its constants, copied functions
+    and classes); a CamelCase name equal to one of them, or to ``name``, is prefixed with ``Plugin``
+    until it is free (``PARAMS_`` -> ``PluginPARAMS``, ``family_loss`` -> ``PluginFamilyLoss``), so
+    no export name can shadow the module's own code.
+    """
     camel = "".join(part[:1].upper() + part[1:] for part in name.split("_"))
-    return camel if camel.isidentifier() and camel != name else f"Plugin{camel}"
+    if not camel.isidentifier():
+        camel = f"Plugin{camel}"
+    while camel == name or camel in taken:
+        camel = f"Plugin{camel}"
+    return camel
 
 
 # --- load -------------------------------------------------------------------------------------
-def load_loss(path: str | os.PathLike, reduction: str = "mean") -> nn.Module:
+def load_loss(path: str | os.PathLike, reduction: str = "mean", **options) -> nn.Module:
     """The loss module of the plug-in at ``path`` (its ``loss.json``, or the plug-in directory).
 
     A plain plug-in gives a `Loss`; one with a typed section gives that section's module (an
-    ``adjuster`` section: `losses.plugin.adjusted.AdjustedLoss`). Reads JSON data only; the exported
+    ``adjuster`` section: `losses.plugin.adjusted.AdjustedLoss`). ``options`` are the
+    ``nn.CrossEntropyLoss`` keywords ``weight``, ``ignore_index``, ``label_smoothing`` and ``validate``
+    (`losses.criterion`), the same as the standalone module's. Reads JSON data only; the exported
     ``.py`` is never executed. Raises ValueError naming the field for any malformed file (see `read_plugin`).
     """
+    unknown = sorted(set(options) - {"weight", "ignore_index", "label_smoothing", "validate"})
+    if unknown:
+        raise TypeError(f"load_loss: unknown option {unknown[0]!r}; the options are weight, ignore_index, "
+                        "label_smoothing and validate (and reduction)")
     file = plugin_file(Path(path))
     data = read_json_object(file)
     section = _section_of(data, str(file))
     if section is not None:
-        return _SECTION_LOADERS[section](data, str(file), reduction)
+        return _SECTION_LOADERS[section](data, str(file), reduction, **options)
     spec, _ = parse_plugin(data, where=str(file))
-    return Loss(spec, reduction=reduction)
+    return Loss(spec, reduction=reduction, **options)
 
 
 def read_plugin(path: str | os.PathLike) -> tuple[LossSpec, dict]:

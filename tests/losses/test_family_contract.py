@@ -54,8 +54,8 @@ def test_function_signature_defaults_match_param_defaults(name):
 def test_source_uses_only_torch_math_F_and_its_helpers(name):
     """The plug-in exporter copies fn + helpers: they may reference nothing else at module level."""
     fam = get_family(name)
-    allowed = {"torch", "math", "F"} | {h.__name__ for h in fam.helpers}
-    for func in (fam.fn, *fam.helpers):
+    allowed = {"torch", "math", "F"} | {h.__name__ for h in fam.code}
+    for func in fam.code:  # fn, label_table, native and helpers
         referenced = set(inspect.getclosurevars(func).globals)
         assert referenced <= allowed, (func.__name__, referenced - allowed)
         assert func.__closure__ is None and func.__qualname__ == func.__name__

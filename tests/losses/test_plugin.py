@@ -112,7 +112,7 @@ def test_loss_json_fields_and_float_literals(scaled_family: Family, tmp_path: Pa
     source = (out / "my_loss.py").read_text()
     assert f"PARAMS = {{'scale': {1 / 3!r}, 'shift': -0.1}}" in source
     assert "register_family" not in source and not re.search(r"^\s*(from|import) evoloss\b", source, re.M)
-    assert "class MyLoss(nn.Module)" in source
+    assert "class MyLoss(FamilyLoss)" in source
     assert sorted(p.name for p in out.iterdir()) == ["loss.json", "my_loss.py"]
 
 
@@ -198,7 +198,9 @@ _STANDALONE_CHECK = textwrap.dedent(
                         (grad - case["grad_" + reduction]).abs().max().item())
         with torch.no_grad():
             total = module_class(reduction="sum")(case["logits"], case["targets"])
-        worst = max(worst, abs(total.item() - case["value_none"].sum().item()))
+            worst = max(worst, abs(total.item() - case["value_none"].sum().item()))
+            for options, target, want in case["extras"]:  # nn.CrossEntropyLoss's options and target forms
+                worst = max(worst, (module_class(**options)(case["logits"], target) - want).abs().max().item())
     leaked = [m for m in sys.modules if m.split(".")[0] in ("evoloss", "losses", "workers", "results", "search")]
     print(f"families={len(cases)} worst={worst:.3g} leaked={leaked}")
     sys.exit(0 if worst <= 1e-6 and not leaked else 1)
@@ -219,6 +221,11 @@ def test_standalone_module_matches_in_a_clean_process(scaled_family: Family, tmp
             value, grad = _value_and_grad(lambda x, t: loss(x, t).sum(), logits, targets)
             case[f"value_{reduction}"] = loss(logits, targets).detach()
             case[f"grad_{reduction}"] = grad
+        weighted = {"weight": torch.tensor([0.5, 2.0, 1.0, 1.5], dtype=torch.float64), "ignore_index": 1,
+                    "label_smoothing": 0.1}
+        probs = torch.softmax(logits.flip(0), dim=1)
+        case["extras"] = [(weighted, targets, create_loss(spec, **weighted)(logits, targets).detach()),
+                          ({"reduction": "sum"}, probs, create_loss(spec, reduction="sum")(logits, probs).detach())]
         cases[name] = case
     torch.save(cases, tmp_path / "cases.pt")
     (tmp_path / "check.py").write_text(_STANDALONE_CHECK)
@@ -356,11 +363,12 @@ def test_per_sample_tensor_params_cannot_be_exported(scaled_family: Family, tmp_
 @pytest.mark.parametrize(
     "logits,targets,match",
     [
-        (torch.randn(4, dtype=torch.float64), torch.zeros(4, dtype=torch.long), r"shape \[B, C\]"),
+        (torch.randn(4, dtype=torch.float64), torch.zeros(4, dtype=torch.long), r"targets must have shape \(\)"),
         (torch.randn(4, 3, dtype=torch.float64), torch.full((4,), 3), r"targets must lie in \[0, 2\]"),
-        (torch.randn(4, 3, dtype=torch.float64), torch.zeros(4), "integer class indices"),
+        (torch.randn(4, 3, dtype=torch.float64), torch.zeros(4), "class-probability targets must have the input"),
+        (torch.randn(4, 3, dtype=torch.float64), torch.zeros(4, dtype=torch.bool), "integer class indices"),
     ],
-    ids=["1d-logits", "target-out-of-range", "float-targets"],
+    ids=["1d-logits-with-rows-of-targets", "target-out-of-range", "float-targets-of-index-shape", "bool-targets"],
 )
 def test_loaded_loss_rejects_bad_tensors(
     tmp_path: Path, logits: torch.Tensor, targets: torch.Tensor, match: str
@@ -368,3 +376,49 @@ def test_loaded_loss_rejects_bad_tensors(
     loaded = load_loss(export_plugin(LossSpec("ce"), tmp_path / "p"))
     with pytest.raises((ValueError, TypeError), match=match):
         loaded(logits, targets)
+
+
+# --- export names that look like the module's own identifiers (issue 13, item 6) -------------------
+def _import_plugin(out: Path, name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, out / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", ["PARAMS_", "FAMILY_", "NORMALISATION_", "family_loss", "Family_Loss", "loss_fn",
+                                  "flatten_classes_", "F_", "nn_"])
+def test_no_export_name_collides_with_the_module_identifiers(name: str, tmp_path: Path) -> None:
+    spec = _random_spec("gce")
+    out = export_plugin(spec, tmp_path / "p", name=name)
+    module = _import_plugin(out, name)
+    (class_name,) = module.__all__[:1]
+    assert class_name == plugin_class_name(name, taken=set(vars(module)) - {class_name})
+    assert module.PARAMS == dict(spec.resolved().params) and module.FAMILY == "gce"
+    logits, targets = _inputs(seed=5)
+    want = create_loss(spec)(logits, targets)
+    assert torch.equal(getattr(module, class_name)()(logits, targets), want)
+    assert torch.equal(module.loss_fn(logits, targets), want)
+
+
+@pytest.mark.parametrize("name", ["adjusted_loss", "SNAPSHOTS_", "PARAM_NAMES", "FamilyLoss"])
+def test_no_adjusted_export_name_collides_with_the_module_identifiers(name: str, tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    adjuster = {"format": "evoloss-narl-adjuster", "format_version": 1, "family": "gce", "param_names": ["q"],
+                "hidden": 3, "input": "logit_margin", "w1": rng.normal(size=(3, 1)).tolist(),
+                "b1": rng.normal(size=3).tolist(), "w2": rng.normal(size=(1, 3)).tolist(), "b2": [0.2],
+                "offsets": {"q": 1e-4}, "scales": {"q": 0.9999}}
+    out = losses.export_adjuster_plugin(adjuster, "gce", tmp_path / "p", name=name)
+    module = _import_plugin(out, name)
+    class_name = module.__all__[0]
+    assert class_name not in {"AdjustedLoss", "FamilyLoss", "SNAPSHOTS", "PARAM_NAMES"}
+    logits, targets = _inputs(seed=6)
+    assert torch.equal(getattr(module, class_name)()(logits, targets), load_loss(out)(logits, targets))
+
+
+def test_plugin_class_name_steps_around_taken_names() -> None:
+    assert plugin_class_name("evolved_loss") == "EvolvedLoss"
+    assert plugin_class_name("PARAMS_", taken={"PARAMS"}) == "PluginPARAMS"
+    assert plugin_class_name("family_loss", taken={"FamilyLoss", "PluginFamilyLoss"}) == "PluginPluginFamilyLoss"

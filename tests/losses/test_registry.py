@@ -59,9 +59,11 @@ def test_create_loss_ce_matches_torch():
 @pytest.mark.parametrize(
     "logits,targets,match",
     [
-        (torch.randn(4), torch.zeros(4, dtype=torch.long), r"shape \[B, C\]"),
+        (torch.randn(4), torch.zeros(4, dtype=torch.long), r"targets must have shape \(\) \(class indices\)"),
         (torch.randn(4, 3), torch.zeros(5, dtype=torch.long), "targets must have shape"),
-        (torch.randn(4, 3), torch.zeros(4), "integer class indices"),
+        (torch.randn(4, 3), torch.zeros(4), r"class-probability targets must have the input's shape \(4, 3\)"),
+        (torch.randn(4, 3), torch.zeros(4, dtype=torch.bool), "integer class indices"),
+        (torch.tensor(1.0), torch.zeros((), dtype=torch.long), r"shape \[C\], \[N, C\] or \[N, C, d1, ...\]"),
         (torch.randn(4, 3), torch.full((4,), 3), r"targets must lie in \[0, 2\]"),
         (torch.randn(4, 1), torch.zeros(4, dtype=torch.long), "at least 2 classes"),
         (torch.randint(0, 3, (4, 3)), torch.zeros(4, dtype=torch.long), "floating-point"),
