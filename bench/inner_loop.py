@@ -1,9 +1,12 @@
 """Inner-loop benchmark: candidate evaluations per second, ``standard`` vs ``population`` trainer.
 
 One evaluation = one candidate loss trained for 200 optimiser steps (batch 64) and evaluated on the
-clean val and test splits after every epoch, as a search scores it. Workloads: digits / MLP-2 and a
-larger synthetic Gaussian mixture (20k × 64 features, 10 classes) / MLP-2, at K = 1, 8, 32 candidates
-per task (a CMA-ES generation of GCE candidates with spread q). Also measured: this machine's float32
+clean val and test splits after every epoch, as a search scores it. Workloads: digits / MLP-2, a
+larger synthetic Gaussian mixture (20k × 64 features, 10 classes) / MLP-2 and digits / CNN-4, at
+K = 1, 8, 32 candidates per task (a CMA-ES generation of GCE candidates with spread q). The population
+trainer runs eager (``compile="off"``) and, at K = 8 and 32, compiled (``compile="on"``, Inductor); the
+compile warm-up is the first fit's ``compile_s`` in this process (a warm on-disk cache makes it
+smaller: run twice to see both). Also measured: this machine's float32
 matmul GFLOP/s and the fraction of it the population trainer reaches, counting FLOPs as
 ``2·MACs`` per sample for a forward pass and ``3×`` that for a training step (forward + backward),
 plus the evaluation forward passes. Timings are the best of ``--repeats`` runs (wall clock) after a
@@ -14,7 +17,8 @@ Usage::
     .venv/bin/python bench/inner_loop.py --quick      # ~1-2 minutes
     .venv/bin/python bench/inner_loop.py              # the full table (more repeats, more standard runs)
 
-The last line reads ``population speedup at K=8: <ratio>x`` (digits / MLP-2).
+The last lines read ``population speedup at K=8: <ratio>x`` (digits / MLP-2) and ``cnn4 population
+speedup at K=8: <ratio>x`` (digits / CNN-4), each the faster of the eager and compiled population.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import argparse
 import math
 import os
 import platform
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -39,10 +44,12 @@ from evoloss.workers.task import Budget, NoiseSpec, Task, TaskData
 
 STEPS = 200
 BATCH = 64
-WORKLOADS = {
-    "digits/mlp2": "digits",
-    "synthetic20k/mlp2": "synthetic:n=20000,c=10,d=64",
+WORKLOADS = {  # name -> (dataset, architecture)
+    "digits/mlp2": ("digits", "mlp2"),
+    "synthetic20k/mlp2": ("synthetic:n=20000,c=10,d=64", "mlp2"),
+    "digits/cnn4": ("digits", "cnn4"),
 }
+COMPILED_KS = (8, 32)
 
 
 @dataclass(frozen=True)
@@ -50,8 +57,15 @@ class Row:
     workload: str
     k: int
     standard_eps: float
-    population_eps: float
-    population_gflops: float
+    eager_eps: float
+    compiled_eps: float  # NaN: not measured
+    compile_s: float  # the compiled population's first fit's warm-up (NaN: not measured)
+    flops: float  # of one evaluation
+
+    @property
+    def population_eps(self) -> float:
+        """The faster population path."""
+        return max(self.eager_eps, self.compiled_eps) if math.isfinite(self.compiled_eps) else self.eager_eps
 
 
 def matmul_gflops(n: int = 1024, seconds: float = 1.0, repeats: int = 3) -> float:
@@ -101,9 +115,12 @@ def candidates(k: int) -> list[LossSpec]:
     return [LossSpec("gce", {"q": 0.05 + 0.9 * i / max(k - 1, 1)}) for i in range(k)]
 
 
-def best_seconds(run: Callable[[], object], repeats: int) -> float:
-    """Fastest of ``repeats`` timed calls of ``run`` (after one untimed warm-up call)."""
-    run()
+def best_seconds(run: Callable[[], object], repeats: int, first: list | None = None) -> float:
+    """Fastest of ``repeats`` timed calls of ``run`` (after one untimed warm-up call, whose result is
+    appended to ``first`` when given)."""
+    result = run()
+    if first is not None:
+        first.append(result)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -112,34 +129,48 @@ def best_seconds(run: Callable[[], object], repeats: int) -> float:
     return min(times)
 
 
-def workload(name: str, dataset: str) -> tuple[Task, TaskData, int]:
-    """The task of a workload (80% symmetric noise), its data and the epochs that hold ``STEPS`` steps."""
-    probe = Task(dataset=dataset, arch="mlp2", noise=NoiseSpec("symmetric", 0.8, "exact"), seed=0)
+def workload(dataset: str, arch: str = "mlp2", device: str = "cpu") -> tuple[Task, TaskData, int]:
+    """The task of a workload (80% symmetric noise), its data (on ``device``) and the epochs that hold
+    ``STEPS`` steps."""
+    probe = Task(dataset=dataset, arch=arch, noise=NoiseSpec("symmetric", 0.8, "exact"), seed=0)
     data = materialize(probe)
+    if device != "cpu":
+        data = TaskData(**{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(data).items()})
     epochs = math.ceil(STEPS / math.ceil(len(data.y_train) / BATCH))
-    task = Task(dataset=dataset, arch="mlp2", noise=probe.noise, budget=Budget(epochs=epochs, batch_size=BATCH),
-                seed=0)
+    task = Task(dataset=dataset, arch=arch, noise=probe.noise, budget=Budget(epochs=epochs, batch_size=BATCH), seed=0)
     return task, data, epochs
 
 
-def measure(name: str, dataset: str, ks: Sequence[int], repeats: int, standard_runs: int) -> list[Row]:
-    """Rows of one workload: evaluations/s of both trainers at each K."""
-    task, data, epochs = workload(name, dataset)
+def population_rate(task: Task, data: TaskData, k: int, repeats: int, compile: str,
+                    device: str = "cpu") -> tuple[float, float]:
+    """(evaluations/s, compile warm-up s of the first fit or NaN) of the population trainer at ``k``."""
+    trainer, specs, first = PopulationTrainer(max_steps=STEPS, compile=compile), candidates(k), []
+    rate = k / best_seconds(lambda: trainer.fit(task, specs, device=device, data=data), repeats, first)
+    if compile == "on" and first[0][0].execution != "stacked-compiled":
+        raise RuntimeError(f"the compiled population did not compile: {first[0][0].execution_note}")
+    return rate, float(first[0][0].extra.get("compile_s", math.nan))
+
+
+def measure(name: str, ks: Sequence[int], repeats: int, standard_runs: int, compiled_ks: Sequence[int]) -> list[Row]:
+    """Rows of one workload: evaluations/s of the standard and the (eager, compiled) population trainer."""
+    task, data, epochs = workload(*WORKLOADS[name])
     flops = evaluation_flops(task, data, STEPS, epochs)
-    standard, population = StandardTrainer(max_steps=STEPS), PopulationTrainer(max_steps=STEPS)
+    standard = StandardTrainer(max_steps=STEPS)
     std_specs = candidates(standard_runs)  # standard's rate does not depend on K: time a few runs
     std_eps = standard_runs / best_seconds(lambda: standard.fit(task, std_specs, data=data), repeats)
     rows = []
     for k in ks:
-        specs = candidates(k)
-        pop_eps = k / best_seconds(lambda: population.fit(task, specs, data=data), repeats)
-        rows.append(Row(name, k, std_eps, pop_eps, pop_eps * flops / 1e9))
+        eager, _ = population_rate(task, data, k, repeats, "off")
+        compiled, compile_s = population_rate(task, data, k, repeats, "on") if k in compiled_ks else (math.nan,) * 2
+        rows.append(Row(name, k, std_eps, eager, compiled, compile_s, flops))
+        print(f"  measured {name} K={k}: standard {std_eps:.2f}, eager {eager:.2f}, compiled {compiled:.2f} ev/s",
+              file=sys.stderr, flush=True)  # progress (the table comes at the end)
     return rows
 
 
 def variants(repeats: int) -> list[tuple[str, float]]:
     """Population evaluations/s at K=8 on digits/MLP-2 for the design choices (loss grouping, backward)."""
-    task, data, _ = workload("digits/mlp2", WORKLOADS["digits/mlp2"])
+    task, data, _ = workload(*WORKLOADS["digits/mlp2"])
     mixed = [LossSpec("ce"), LossSpec("gce", {"q": 0.3}), LossSpec("gce", {"q": 0.7}), LossSpec("mae")] * 2
     out = []
     for label, options, specs in [
@@ -148,15 +179,28 @@ def variants(repeats: int) -> list[tuple[str, float]]:
         ("gce x8, autograd backward", {"backward": "autograd"}, candidates(8)),
         ("ce/gce/gce/mae x2, grouped by family", {}, mixed),
     ]:
-        trainer = PopulationTrainer(max_steps=STEPS, **options)
+        trainer = PopulationTrainer(max_steps=STEPS, compile="off", **options)
         out.append((label, len(specs) / best_seconds(lambda: trainer.fit(task, specs, data=data), repeats)))
     return out
 
 
+def print_table(rows: Sequence[Row], peak: float) -> None:
+    """The table: standard and population evaluations/s, speedups, the compile warm-up, % of matmul."""
+    print(f"{'workload':<20}{'K':>4}{'standard ev/s':>15}{'eager ev/s':>12}{'compiled ev/s':>15}{'speedup':>9}"
+          f"{'compile s':>11}{'pop GFLOP/s':>13}{'% of matmul':>13}")
+    for r in rows:
+        compiled = f"{r.compiled_eps:>15.2f}" if math.isfinite(r.compiled_eps) else f"{'-':>15}"
+        warm = f"{r.compile_s:>11.1f}" if math.isfinite(r.compile_s) else f"{'-':>11}"
+        gflops = r.population_eps * r.flops / 1e9
+        print(f"{r.workload:<20}{r.k:>4}{r.standard_eps:>15.2f}{r.eager_eps:>12.2f}{compiled}"
+              f"{r.population_eps / r.standard_eps:>8.1f}x{warm}{gflops:>13.1f}{100 * gflops / peak:>12.1f}%")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats and standard runs (~1-2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and standard runs")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the compiled population (no warm-up)")
     args = parser.parse_args(argv)
     if args.threads is not None:
         if args.threads < 1:
@@ -164,22 +208,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     import evoloss.losses.mae  # noqa: F401  (the mixed-family variant)
 
-    repeats, standard_runs = (2, 2) if args.quick else (3, 8)
+    repeats, standard_runs = (2, 2) if args.quick else (3, 6)
+    compiled_ks = () if args.no_compile else COMPILED_KS
     peak = matmul_gflops(seconds=0.5 if args.quick else 1.0)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"float32 matmul (1024^3): {peak:.1f} GFLOP/s")
-    rows = [r for name, ds in WORKLOADS.items() for r in measure(name, ds, (1, 8, 32), repeats, standard_runs)]
-    print(f"{'workload':<20}{'K':>4}{'standard ev/s':>15}{'population ev/s':>17}{'speedup':>9}"
-          f"{'pop GFLOP/s':>13}{'% of matmul':>13}")
-    for r in rows:
-        print(f"{r.workload:<20}{r.k:>4}{r.standard_eps:>15.2f}{r.population_eps:>17.2f}"
-              f"{r.population_eps / r.standard_eps:>8.1f}x{r.population_gflops:>13.1f}"
-              f"{100 * r.population_gflops / peak:>12.1f}%")
+    rows = [r for name in WORKLOADS for r in measure(name, (1, 8, 32), repeats, standard_runs, compiled_ks)]
+    print_table(rows, peak)
     for label, eps in variants(repeats):
         print(f"variant K=8 digits/mlp2: {label}: {eps:.2f} ev/s")
+    warm = [r.compile_s for r in rows if math.isfinite(r.compile_s)]
+    if warm:
+        print(f"compile warm-up (first fit per shape, this process): {min(warm):.1f}-{max(warm):.1f} s")
     k8 = next(r for r in rows if r.workload == "digits/mlp2" and r.k == 8)
-    print(f"population speedup at K=8: {k8.population_eps / k8.standard_eps:.2f}x")
+    cnn = next(r for r in rows if r.workload == "digits/cnn4" and r.k == 8)
+    print(f"population speedup at K=8: {k8.population_eps / k8.standard_eps:.1f}x")
+    print(f"cnn4 population speedup at K=8: {cnn.population_eps / cnn.standard_eps:.1f}x")
     return 0
 
 

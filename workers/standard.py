@@ -117,11 +117,15 @@ class StandardTrainer:
                 model = create_arch(task.arch, tuple(data.input_shape), data.num_classes, seed=seed).to(dev)
                 reason = self._train(task, model, loss_fn, optim, x_train, y_train, splits, history)
         except Exception as exc:  # a failed run is a record, never an exception (workers.trainer)
-            return failed_record(spec, exc, trainer=self.name, device=str(dev),
-                                 wall_s=time.perf_counter() - start, history=history)
+            record = failed_record(spec, exc, trainer=self.name, device=str(dev),
+                                   wall_s=time.perf_counter() - start, history=history)
+            record.execution = "single"
+            return record
         status = "ok" if reason is None else "diverged"
-        return history.to_record(spec, trainer=self.name, device=str(dev), wall_s=time.perf_counter() - start,
-                                 status=status, error=reason or "")
+        record = history.to_record(spec, trainer=self.name, device=str(dev), wall_s=time.perf_counter() - start,
+                                   status=status, error=reason or "")
+        record.execution = "single"
+        return record
 
     def _train(
         self, task: Task, model: nn.Module, loss_fn: BatchLoss, optim: OptimSpec,

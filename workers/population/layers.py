@@ -41,6 +41,15 @@ class Layer:
         raise UnsupportedArchitecture(f"{type(self.module).__name__} cannot take the {layout!r} layout")
 
     def forward(self, h: torch.Tensor, layout: str, k: int, training: bool) -> tuple[torch.Tensor, str]:
+        """``apply`` with this layer's own parameters and buffers."""
+        return self.apply(self.params, self.buffers, h, layout, k, training)
+
+    def apply(
+        self, params: Sequence[torch.Tensor], buffers: Sequence[torch.Tensor], h: torch.Tensor, layout: str, k: int,
+        training: bool,
+    ) -> tuple[torch.Tensor, str]:
+        """The stacked forward with ``params``/``buffers`` given (shaped like ``self.params``/``self.buffers``):
+        the functional form `workers.population.compiled` traces. Reads nothing else of the members."""
         raise UnsupportedArchitecture(f"{type(self.module).__name__} has no stacked forward")
 
     def forward_saving(self, h: torch.Tensor, layout: str, k: int) -> tuple[torch.Tensor, str, object]:
@@ -75,8 +84,11 @@ class Linear(Layer):
             return "feat"
         return super().out_layout(layout)
 
-    def forward(self, h: torch.Tensor, layout: str, k: int, training: bool) -> tuple[torch.Tensor, str]:
-        weight, bias = self.params[0], (self.params[1] if len(self.params) > 1 else None)
+    def apply(
+        self, params: Sequence[torch.Tensor], buffers: Sequence[torch.Tensor], h: torch.Tensor, layout: str, k: int,
+        training: bool,
+    ) -> tuple[torch.Tensor, str]:
+        weight, bias = params[0], (params[1] if len(params) > 1 else None)
         out_features = weight.shape[1]
         if layout == "shared":
             if h.dim() != 2:
@@ -124,11 +136,18 @@ class Conv(Layer):
             return "chan"
         return super().out_layout(layout)
 
-    def forward(self, h: torch.Tensor, layout: str, k: int, training: bool) -> tuple[torch.Tensor, str]:
-        m, weight = self.module, self.params[0]
-        bias = self.params[1].reshape(-1) if len(self.params) > 1 else None
+    def apply(
+        self, params: Sequence[torch.Tensor], buffers: Sequence[torch.Tensor], h: torch.Tensor, layout: str, k: int,
+        training: bool,
+    ) -> tuple[torch.Tensor, str]:
+        m, weight = self.module, params[0]
+        bias = params[1].reshape(-1) if len(params) > 1 else None
         groups = m.groups if layout == "shared" else k * m.groups
+        if h.dim() == 4:  # channels-last: the pools after it run ~10x faster on [B, K·C, H, W] (BENCHMARKS.md)
+            h = h.contiguous(memory_format=torch.channels_last)
         out = self.conv(h, weight.reshape(-1, *weight.shape[2:]), bias, m.stride, m.padding, m.dilation, groups)
+        if out.dim() == 4:  # a 1-channel input gives an NCHW output: make it channels-last too
+            out = out.contiguous(memory_format=torch.channels_last)
         return out, "chan"
 
 
@@ -150,10 +169,13 @@ class BatchNorm(Layer):
             return layout
         return super().out_layout(layout)
 
-    def forward(self, h: torch.Tensor, layout: str, k: int, training: bool) -> tuple[torch.Tensor, str]:
+    def apply(
+        self, params: Sequence[torch.Tensor], buffers: Sequence[torch.Tensor], h: torch.Tensor, layout: str, k: int,
+        training: bool,
+    ) -> tuple[torch.Tensor, str]:
         m = self.module
-        weight, bias = (p.reshape(-1) for p in self.params) if self.params else (None, None)
-        mean, var = (b.view(-1) for b in self.buffers) if self.buffers else (None, None)
+        weight, bias = (p.reshape(-1) for p in params) if params else (None, None)
+        mean, var = (b.view(-1) for b in buffers) if buffers else (None, None)
         use_batch = training or mean is None
         x = h if layout == "chan" else h.permute(2, 0, 1).reshape(h.shape[2], -1)  # [K, F, B] -> [B, K·F]
         out = F.batch_norm(x, mean, var, weight, bias, use_batch, m.momentum, m.eps)
@@ -175,7 +197,10 @@ class Elementwise(Layer):
     def out_layout(self, layout: str) -> str:
         return layout
 
-    def forward(self, h: torch.Tensor, layout: str, k: int, training: bool) -> tuple[torch.Tensor, str]:
+    def apply(
+        self, params: Sequence[torch.Tensor], buffers: Sequence[torch.Tensor], h: torch.Tensor, layout: str, k: int,
+        training: bool,
+    ) -> tuple[torch.Tensor, str]:
         return self.module(h), layout
 
     def forward_saving(self, h: torch.Tensor, layout: str, k: int) -> tuple[torch.Tensor, str, object]:
@@ -204,7 +229,10 @@ class Reshape(Layer):
             return "feat"
         return super().out_layout(layout)
 
-    def forward(self, h: torch.Tensor, layout: str, k: int, training: bool) -> tuple[torch.Tensor, str]:
+    def apply(
+        self, params: Sequence[torch.Tensor], buffers: Sequence[torch.Tensor], h: torch.Tensor, layout: str, k: int,
+        training: bool,
+    ) -> tuple[torch.Tensor, str]:
         if layout == "shared":
             return self.module(h), layout
         if layout == "chan":  # member k's [C, *S] flattened channel-major, as nn.Flatten does: [K, F, B]
@@ -226,10 +254,47 @@ class Pool(Layer):
             return layout
         return super().out_layout(layout)
 
-    def forward(self, h: torch.Tensor, layout: str, k: int, training: bool) -> tuple[torch.Tensor, str]:
+    def apply(
+        self, params: Sequence[torch.Tensor], buffers: Sequence[torch.Tensor], h: torch.Tensor, layout: str, k: int,
+        training: bool,
+    ) -> tuple[torch.Tensor, str]:
+        m = self.module
+        if isinstance(m, _ADAPTIVE) and tuple(h.shape[2:]) == _sizes(m.output_size, h.dim() - 2):
+            return h, layout  # pooling each position to itself (8×8 digits in CNN-4): the identity, exactly
+        if h.dim() == 3 and isinstance(m, nn.AdaptiveAvgPool1d):
+            out = _sizes(m.output_size, 1)[0]
+            if out is not None and h.shape[2] % out == 0:  # equal windows: sum / count, the same bits as
+                window = h.shape[2] // out  # adaptive_avg_pool1d, ~1.6x faster forward + backward here
+                return h.unflatten(2, (out, window)).sum(dim=3) / window, layout
+        if h.dim() == 3 and isinstance(m, _POOLS_1D):  # as 2D channels-last: ~10x faster here
+            wide = h.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+            return self._pool_2d(wide).squeeze(2), layout
         return self.module(h), layout
 
+    def _pool_2d(self, h: torch.Tensor) -> torch.Tensor:
+        """This 1D pool on ``[B, C, 1, L]``: the same windows along L."""
+        m = self.module
+        if isinstance(m, nn.AdaptiveAvgPool1d):
+            return F.adaptive_avg_pool2d(h, (1, m.output_size if isinstance(m.output_size, int) else m.output_size[0]))
+        if isinstance(m, nn.AdaptiveMaxPool1d):
+            return F.adaptive_max_pool2d(h, (1, m.output_size if isinstance(m.output_size, int) else m.output_size[0]))
+        kernel, stride, padding = (_one(v) for v in (m.kernel_size, m.stride, m.padding))
+        if isinstance(m, nn.MaxPool1d):
+            return F.max_pool2d(h, (1, kernel), (1, stride), (0, padding), (1, _one(m.dilation)), m.ceil_mode)
+        return F.avg_pool2d(h, (1, kernel), (1, stride), (0, padding), m.ceil_mode, m.count_include_pad)
 
+
+def _sizes(output_size: int | tuple[int | None, ...], dims: int) -> tuple[int | None, ...]:
+    """An adaptive pool's output size as a tuple of ``dims`` entries (None: keep that input size)."""
+    return (output_size,) * dims if isinstance(output_size, int) else tuple(output_size)
+
+
+def _one(value: int | tuple[int, ...]) -> int:
+    return value if isinstance(value, int) else value[0]
+
+
+_POOLS_1D = (nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d)
+_ADAPTIVE = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
 _ELEMENTWISE = (
     nn.ReLU, nn.LeakyReLU, nn.Identity, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.Softplus,
     nn.ReLU6, nn.Hardtanh, nn.modules.dropout._DropoutNd,

@@ -17,16 +17,23 @@ leaves the stack at the end of that epoch; one whose loss function raises is rec
 and leaves at once; the others go on unaffected (no computation mixes members).
 An error not attributable to one member fails every member still training.
 
+Execution (the record's ``execution`` / ``execution_note``): ``stacked-compiled`` — the step under
+``torch.compile`` (`workers.population.compiled`: K padded to a power-of-two bucket of masked slots,
+the last batch padded and masked, so a search never recompiles); ``stacked`` — the eager stacked step
+(the note says why not compiled: ``compile`` off, ``auto`` on CPU, a layer the compiled step does not
+take, or "compile failed: <error>", after which the run continues eagerly from its initial state);
+``one-by-one`` — architectures that cannot be stacked (custom ``forward``, active dropout, a user
+model with another layer) train through the ``standard`` trainer (note: "architecture not stackable:
+<which layer>"); non-default ``member_seeds`` then raise ValueError, since ``standard`` seeds every
+run with the task seed.
+
 Choices: ``wall_s`` of each record is the population's wall time divided by K (the amortised cost of
-one candidate); ``extra`` adds ``population_size``, ``population_wall_s``, ``population_backend`` and
-``member_seed``. Architectures that cannot be stacked (custom ``forward``, dropout) are trained one
-by one through the ``standard`` trainer (``population_backend = "standard"``); non-default
-``member_seeds`` then raise ValueError, since ``standard`` seeds every run with the task seed.
+one candidate, compile warm-up included); ``extra`` adds ``population_size``, ``population_wall_s``,
+``population_backend``, ``member_seed`` and, when compiled, ``compile_s`` (the warm-up) and
+``population_slots`` (the bucket).
 """
 from __future__ import annotations
 
-import math
-import time
 from typing import Sequence
 
 import torch
@@ -34,11 +41,12 @@ from torch import nn
 
 from evoloss.losses import LossSpec
 from evoloss.workers.archs import check_arch, create_arch
-from evoloss.workers.evaluation import EVAL_BATCH_SIZE, EpochMetrics, EvalSplits, RunHistory, failed_record
+from evoloss.workers.evaluation import EVAL_BATCH_SIZE
+from evoloss.workers.population.compiled import COMPILE_MODES, not_compilable, use_compile
 from evoloss.workers.population.loss import MemberLosses
-from evoloss.workers.population.optim import clip_member_grad_norms, create_stacked_optimizer
+from evoloss.workers.population.run import StackedRun
 from evoloss.workers.population.stack import StackedNet, UnsupportedArchitecture
-from evoloss.workers.protocol import OptimSpec, batches, init_seed, lr_at, resolve_optimizer
+from evoloss.workers.protocol import init_seed, resolve_optimizer
 from evoloss.workers.records import EvalRecord
 from evoloss.workers.standard import StandardTrainer, deterministic_mode, validate_inputs
 from evoloss.workers.task import Task, TaskData
@@ -46,7 +54,6 @@ from evoloss.workers.trainer import register_trainer
 
 BACKWARDS = ("auto", "manual", "autograd")
 PROBE_ROWS = 8  # training rows used to check the stacked forward against each member's own
-EVAL_ROW_BUDGET, EVAL_MIN_ROWS = 2048, 128  # rows per stacked eval forward: max(min, budget // K), capped
 
 
 @register_trainer("population")
@@ -60,7 +67,12 @@ class PopulationTrainer:
         loss_grouping: ``"family"`` (one loss call per family with per-sample parameter tensors) or
             ``"member"`` (one call per member); see `workers.population.loss`.
         backward: ``"auto"`` (hand-written for MLP chains, else autograd), ``"manual"`` (raise if the
-            architecture has none) or ``"autograd"``.
+            architecture has none) or ``"autograd"`` (the eager step; the compiled step differentiates
+            with ``torch.func.grad``).
+        compile: ``"auto"`` (compile on CUDA, eager on CPU: there the warm-up outweighs a short
+            search, BENCHMARKS.md), ``"on"`` or ``"off"``.
+        compile_backend: the ``torch.compile`` backend (``"inductor"``; tests use ``"eager"`` or
+            ``"aot_eager"``, which trace the same graph without generating code).
     """
 
     name = "population"
@@ -68,7 +80,7 @@ class PopulationTrainer:
     def __init__(
         self, *, member_seeds: Sequence[int] | None = None, eval_every: int = 1, deterministic: bool = True,
         max_steps: int | None = None, eval_batch_size: int = EVAL_BATCH_SIZE, loss_grouping: str = "family",
-        backward: str = "auto",
+        backward: str = "auto", compile: str = "auto", compile_backend: str = "inductor",
     ) -> None:
         self.standard = StandardTrainer(eval_every=eval_every, deterministic=deterministic, max_steps=max_steps,
                                         eval_batch_size=eval_batch_size)
@@ -85,6 +97,12 @@ class PopulationTrainer:
         self.member_seeds = member_seeds
         self.eval_every, self.max_steps, self.eval_batch_size = eval_every, max_steps, eval_batch_size
         self.deterministic, self.loss_grouping, self.backward = deterministic, loss_grouping, backward
+        if compile not in COMPILE_MODES:
+            raise ValueError(f"compile={compile!r} is not one of {COMPILE_MODES} (use 'off' to train eagerly)")
+        if not isinstance(compile_backend, str) or not compile_backend:
+            raise ValueError(f"compile_backend={compile_backend!r} must be a torch.compile backend name, "
+                             "e.g. 'inductor'")
+        self.compile, self.compile_backend = compile, compile_backend
 
     def fit(
         self, task: Task, specs: Sequence[LossSpec], device: str = "cpu", data: TaskData | None = None
@@ -117,8 +135,19 @@ class PopulationTrainer:
         except UnsupportedArchitecture as exc:
             return self._one_by_one(task, specs, seeds, device, data, reason=str(exc))
         with deterministic_mode(self.deterministic, dev):
-            run = _StackedRun(self, task, specs, seeds, optim, net, member_losses, data, dev)
+            run = StackedRun(self, task, specs, seeds, optim, data, dev)
+            run.note = self._compile_note(net, dev) or run.start_compiled(members)
+            if run.note:  # not compiled (or the compile failed): the eager stacked step from the start
+                run.start_eager(net, member_losses)
             return run.train()
+
+    def _compile_note(self, net: StackedNet, dev: torch.device) -> str:
+        """Why this run does not take the compiled step ("" = it does)."""
+        if not use_compile(self.compile, dev):
+            why = " compiles on CUDA only" if self.compile == "auto" else ""
+            return f"not compiled: compile={self.compile!r}{why}"
+        reason = not_compilable(net.layers)
+        return f"not compiled: {reason}" if reason else ""
 
     def _seeds(self, task: Task, k: int) -> list[int]:
         if self.member_seeds is None:
@@ -142,6 +171,7 @@ class PopulationTrainer:
         records = self.standard.fit(task, specs, device, data)
         for record, seed in zip(records, seeds):
             record.trainer = self.name
+            record.execution, record.execution_note = "one-by-one", f"architecture not stackable: {reason}"
             record.extra.update(population_backend="standard", population_size=len(specs), member_seed=seed,
                                 population_fallback_reason=reason)
         return records
@@ -154,137 +184,3 @@ def build_members(arch: str, data: TaskData, seeds: Sequence[int], device: torch
         if s not in built:
             built[s] = create_arch(arch, tuple(data.input_shape), data.num_classes, seed=s).to(device)
     return [built[s] for s in seeds]
-
-
-class _StackedRun:
-    """The state of one population run: the stack, who is still in it, and each member's history."""
-
-    def __init__(
-        self, trainer: PopulationTrainer, task: Task, specs: list[LossSpec], seeds: list[int], optim: OptimSpec,
-        net: StackedNet, losses: MemberLosses, data: TaskData, dev: torch.device,
-    ) -> None:
-        self.trainer, self.task, self.specs, self.seeds, self.optim = trainer, task, specs, seeds, optim
-        self.net, self.dev = net, dev
-        self.losses = losses
-        self.optimizer = create_stacked_optimizer(optim, net.params)
-        self.x_train, self.y_train = data.x_train.to(dev), data.y_train.to(dev)
-        self.splits = EvalSplits.from_task_data(data, dev)
-        self.alive = list(range(len(specs)))  # original indices of the members in the stack, in stack order
-        self.histories = [RunHistory() for _ in specs]
-        self.outcomes: dict[int, tuple[str, str]] = {}  # original index -> (status, error)
-        self.steps = 0
-        self.start = time.perf_counter()
-
-    def train(self) -> list[EvalRecord]:
-        """Run every epoch; return the records in spec order (never raises for a bad run)."""
-        try:
-            for epoch in range(self.task.budget.epochs):
-                capped = self._epoch(epoch)
-                if capped or not self.alive:
-                    break
-        except Exception as exc:  # not attributable to one member: every member still training fails
-            for pos in range(len(self.alive)):
-                self._finish(pos, "failed", f"{type(exc).__name__}: {exc}", steps=self.steps)
-        return self._records()
-
-    def _epoch(self, epoch: int) -> bool:
-        """One epoch of every member; returns True when ``max_steps`` ended training."""
-        budget, trainer = self.task.budget, self.trainer
-        lr = lr_at(budget, self.optim.lr, epoch)
-        loss_sum = torch.zeros(len(self.alive), dtype=torch.get_default_dtype(), device=self.dev)
-        n_batches = 0
-        for idx in batches(len(self.y_train), budget.batch_size, seed=self.task.seed, epoch=epoch):
-            if trainer.max_steps is not None and self.steps >= trainer.max_steps:
-                break
-            idx = idx.to(self.dev, non_blocking=True)
-            x, y = self.x_train[idx], self.y_train[idx]
-            values, grads = self.net.train_step_grads(x, lambda logits: self.losses.value_and_grad(logits, y))
-            if budget.grad_clip is not None:
-                clip_member_grad_norms(grads, budget.grad_clip)
-            self.optimizer.step(self.net.params, grads, lr)
-            loss_sum += values.to(loss_sum.dtype)
-            n_batches += 1
-            failures = self.losses.pop_failures()
-            for pos, text in failures.items():
-                self._finish(pos, "failed", text, steps=self.steps)
-            self.steps += 1
-            if failures:
-                loss_sum = self._drop_finished(loss_sum)
-        self._check_divergence(loss_sum, epoch)
-        loss_sum = self._drop_finished(loss_sum)
-        capped = trainer.max_steps is not None and self.steps >= trainer.max_steps
-        evaluate = capped or (epoch + 1) % trainer.eval_every == 0 or epoch + 1 == budget.epochs
-        metrics = self._evaluate() if evaluate and self.alive else None
-        for pos, i in enumerate(self.alive):
-            history = self.histories[i]
-            history.epochs_run, history.steps = epoch + 1, self.steps
-            history.train_loss_last = float(loss_sum[pos]) / max(n_batches, 1)
-            if metrics is not None:
-                history.add_eval(epoch, metrics[pos])
-        return capped
-
-    def _check_divergence(self, loss_sum: torch.Tensor, epoch: int) -> None:
-        """`workers.evaluation.divergence_reason` for every member at once (same reasons, same order)."""
-        finite_loss = torch.isfinite(loss_sum)
-        finite_state = self.net.finite_members()
-        for pos in (~(finite_loss & finite_state)).nonzero().flatten().tolist():
-            if not bool(finite_loss[pos]):
-                reason = f"non-finite training loss ({float(loss_sum[pos])}) in epoch {epoch}"
-            else:
-                reason = f"non-finite weights ({self.net.first_nonfinite(pos)}) after epoch {epoch}"
-            self._finish(pos, "diverged", reason, steps=self.steps)
-
-    def _finish(self, pos: int, status: str, error: str, steps: int) -> None:
-        i = self.alive[pos]
-        if i not in self.outcomes:
-            self.outcomes[i] = (status, error)
-            self.histories[i].steps = steps
-
-    def _drop_finished(self, loss_sum: torch.Tensor) -> torch.Tensor:
-        """Remove members with an outcome from the stack; returns ``loss_sum`` of those that remain."""
-        keep = [pos for pos, i in enumerate(self.alive) if i not in self.outcomes]
-        if len(keep) == len(self.alive):
-            return loss_sum
-        index = torch.tensor(keep, dtype=torch.long, device=self.dev)
-        self.alive = [self.alive[pos] for pos in keep]
-        if self.alive:
-            self.net.select(index)
-            self.optimizer.select(index)
-            self.losses.select(keep)
-        return loss_sum[index]
-
-    def _evaluate(self) -> list[EpochMetrics]:
-        """Clean val / test / noisy-val accuracy of every member still training (eval mode)."""
-        s = self.splits
-        # rows per stacked forward: K members widen every activation K-fold, so fewer rows keep it in
-        # cache (measured ~3x faster at K=8 and K=32 than eval_batch_size rows); predictions are per row.
-        rows = min(self.trainer.eval_batch_size, max(EVAL_MIN_ROWS, EVAL_ROW_BUDGET // len(self.alive)))
-
-        def accuracies(x: torch.Tensor | None, y: torch.Tensor | None) -> list[float]:
-            if x is None or y is None or len(y) == 0:
-                return [math.nan] * len(self.alive)
-            correct = (self.net.predict(x, rows) == y).sum(dim=1)
-            return [int(c) / len(y) for c in correct.tolist()]
-
-        val, test, noisy = accuracies(s.x_val, s.y_val), accuracies(s.x_test, s.y_test), \
-            accuracies(s.x_noisy_val, s.y_noisy_val)
-        return [EpochMetrics(val=v, test=t, noisy_val=n) for v, t, n in zip(val, test, noisy)]
-
-    def _records(self) -> list[EvalRecord]:
-        wall = time.perf_counter() - self.start
-        backend = "stacked-manual" if self.net.manual else "stacked-autograd"
-        records = []
-        for i, spec in enumerate(self.specs):
-            status, error = self.outcomes.get(i, ("ok", ""))
-            extra = {"population_size": len(self.specs), "population_wall_s": wall,
-                     "population_backend": backend, "member_seed": self.seeds[i]}
-            share = wall / len(self.specs)
-            if status == "failed":
-                record = failed_record(spec, error, trainer=self.trainer.name, device=str(self.dev), wall_s=share,
-                                       history=self.histories[i])
-                record.extra.update(extra)
-            else:
-                record = self.histories[i].to_record(spec, trainer=self.trainer.name, device=str(self.dev),
-                                                     wall_s=share, status=status, error=error, extra=extra)
-            records.append(record)
-        return records

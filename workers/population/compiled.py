@@ -1,0 +1,302 @@
+"""The population training step under ``torch.compile``, with shapes that never change during a search.
+
+One training step of the stacked network (`workers.population.stack`) — forward, every member's loss,
+``torch.func.grad``, per-member gradient clipping and the stacked SGD/Adam update — is one traced
+function of tensors only, compiled once (``fullgraph=True``: a graph break is a compile failure, never
+a silent slow path) and reused for every later step, generation and task of the same shape:
+
+- **members**: the stack holds ``bucket_size(K)`` slots (the next power of two). Slots without a
+  member, and members that left (diverged), stay in the stack with member weight 0: their gradient is
+  exactly zero, so nothing they compute reaches a live member (members never mix; stack.py);
+- **rows**: the last batch of an epoch is padded to the batch size with copies of its own rows and
+  weight 0, so each member's loss is still ``Σ_b w_b ℓ_b / Σ_b w_b`` = the mean over the real rows,
+  exactly what ``standard`` computes on the unpadded batch (within float rounding);
+- **values that change** (learning rate, Adam's bias corrections, loss parameters) are tensors.
+
+`compiled_step` keeps one compiled function per step signature (architecture, slots, batch, dtype,
+device, loss families, optimiser): a search compiles once per architecture and bucket. Inductor's
+artefacts go to ``<data dir>/inductor`` (``TORCHINDUCTOR_CACHE_DIR``, unless already set), so other
+actors and resumed runs load them from disk instead of compiling. `compile_count` counts Dynamo's
+compiled graphs in this process (a recompile is one more).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from evoloss.workers.population.layers import BatchNorm, Layer
+from evoloss.workers.population.optim import ADAM_BETAS, ADAM_EPS, CLIP_EPS
+from evoloss.workers.population.stack import StackedNet
+from evoloss.workers.protocol import OptimSpec
+
+COMPILE_MODES = ("auto", "on", "off")
+RECOMPILE_LIMIT = 64  # Dynamo's default (8) silently runs later signatures eager
+
+Step = Callable[..., torch.Tensor]
+_STEPS: dict[tuple, Step] = {}
+
+
+def bucket_size(k: int) -> int:
+    """The stack size for ``k`` members: the next power of two (1, 2, 4, 8, 16, ...)."""
+    return 1 << max(k - 1, 0).bit_length()
+
+
+def compile_count() -> int:
+    """Graphs Dynamo has compiled in this process so far (every recompile adds one)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def use_compile(mode: str, device: torch.device) -> bool:
+    """Whether ``mode`` compiles on ``device``: ``"on"``, ``"off"``, or ``"auto"`` = on CUDA only.
+
+    ``auto`` leaves CPU runs eager: there the compile warm-up (measured 11-87 s per graph on the 2-core
+    reference machine, BENCHMARKS.md "Compiled step") exceeds what it saves on a short search.
+    """
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile={mode!r} is not one of {COMPILE_MODES}")
+    return mode == "on" or (mode == "auto" and device.type == "cuda")
+
+
+def not_compilable(layers: Sequence[Layer]) -> str | None:
+    """Why a stack cannot take the compiled step, or None (BatchNorm updates running statistics in place)."""
+    for layer in layers:
+        if isinstance(layer, BatchNorm):
+            return f"{type(layer.module).__name__} updates its running statistics in place"
+    return None
+
+
+def configure_cache(data_dir: str | os.PathLike | None) -> str:
+    """Point Inductor's on-disk cache at ``<data dir>/inductor`` (unless the environment set one); returns it."""
+    from evoloss.workers.datasets.registry import resolve_data_dir
+
+    if not os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(resolve_data_dir(data_dir) / "inductor")
+    import torch._dynamo
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    torch._dynamo.config.accumulated_recompile_limit = max(
+        torch._dynamo.config.accumulated_recompile_limit, 4 * RECOMPILE_LIMIT)
+    return os.environ["TORCHINDUCTOR_CACHE_DIR"]
+
+
+@dataclass(frozen=True)
+class LossGroup:
+    """The slots of one loss family: ``fn(logits[g·B, C], targets[g·B], **params[g·B])`` per sample."""
+
+    fn: Callable[..., torch.Tensor]
+    param_names: tuple[str, ...]
+    slots: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What a compiled step is specialised on (everything else is a tensor argument)."""
+
+    layers: tuple[Layer, ...]
+    param_counts: tuple[int, ...]
+    slots: int
+    groups: tuple[LossGroup, ...]
+    optim: OptimSpec
+    grad_clip: float | None
+
+    def key(self, x: torch.Tensor, backend: str) -> tuple:
+        arch = tuple((type(layer).__name__, repr(layer.module)) for layer in self.layers)
+        groups = tuple((g.fn.__module__, g.fn.__qualname__, g.param_names, g.slots) for g in self.groups)
+        optim = (self.optim.name, self.optim.momentum, self.optim.weight_decay)
+        return (arch, self.slots, tuple(x.shape), x.dtype, str(x.device), groups, optim, self.grad_clip, backend)
+
+
+def compiled_step(plan: StepPlan, x: torch.Tensor, backend: str = "inductor") -> Step:
+    """The compiled training step for ``plan`` on batches like ``x`` (built once per signature)."""
+    key = plan.key(x, backend)
+    if key not in _STEPS:
+        _STEPS[key] = torch.compile(make_step(plan), backend=backend, fullgraph=True, dynamic=False)
+    return _STEPS[key]
+
+
+def compiled_predict(plan: StepPlan, x: torch.Tensor, backend: str = "inductor") -> Step:
+    """``predict(params, x) -> classes [S, rows]`` (eval mode) for chunks like ``x``, compiled once per signature."""
+    key = (*plan.key(x, backend), "predict")
+    if key not in _STEPS:
+        k, layers, counts = plan.slots, plan.layers, plan.param_counts
+
+        def predict(params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+            h, layout, start = x, "shared", 0
+            for layer, n in zip(layers, counts):
+                h, layout = layer.apply(params[start:start + n], (), h, layout, k, False)
+                start += n
+            return h.argmax(dim=1)  # h is [S, C, rows]
+
+        _STEPS[key] = torch.compile(predict, backend=backend, fullgraph=True, dynamic=False)
+    return _STEPS[key]
+
+
+def make_step(plan: StepPlan) -> Step:
+    """``step(params, state, loss_sum, x, y, row_w, member_w, lr, loss_args)``: one update of every slot.
+
+    ``params``: the stacked parameters (updated in place); ``state``: SGD momentum buffers, or Adam's
+    ``exp_avg`` then ``exp_avg_sq`` lists, then for Adam a tensor ``[step_size, bias_correction2_sqrt]``;
+    ``loss_sum`` ``[S]`` accumulates each slot's batch loss; ``row_w`` ``[B]`` and ``member_w`` ``[S]``
+    are the row and member weights (0 = padding); ``loss_args``: each group's parameter tensors ``[g·B]``.
+    Returns the slots' batch losses ``[S]``.
+    """
+    k, layers, counts = plan.slots, plan.layers, plan.param_counts
+    order = [s for g in plan.groups for s in g.slots]
+    inverse = [order.index(s) for s in range(k)]
+
+    def losses_of(params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, row_w: torch.Tensor,
+                  loss_args: list[torch.Tensor]) -> torch.Tensor:
+        h, layout, start = x, "shared", 0
+        for layer, n in zip(layers, counts):
+            h, layout = layer.apply(params[start:start + n], (), h, layout, k, True)
+            start += n
+        logits = h.transpose(1, 2)  # [S, B, C]
+        batch, classes = logits.shape[1], logits.shape[2]
+        parts, arg = [], 0
+        for group in plan.groups:
+            g = len(group.slots)
+            chunk = logits.reshape(k * batch, classes) if group.slots == tuple(range(k)) else \
+                logits[list(group.slots)].reshape(g * batch, classes)
+            kwargs = dict(zip(group.param_names, loss_args[arg:arg + len(group.param_names)]))
+            arg += len(group.param_names)
+            per_sample = group.fn(chunk, y.repeat(g), **kwargs).reshape(g, batch)
+            parts.append((per_sample * row_w).sum(dim=1) / row_w.sum())  # the mean over the real rows
+        values = torch.cat(parts) if len(parts) > 1 else parts[0]
+        return values if order == list(range(k)) else values[inverse]
+
+    def total_loss(params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, row_w: torch.Tensor,
+                   member_w: torch.Tensor, loss_args: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        values = losses_of(params, x, y, row_w, loss_args)
+        return (values * member_w).sum(), values.detach()  # ∂/∂θ_k = member_w[k]·∂loss_k/∂θ_k
+
+    def step(params: list[torch.Tensor], state: list[torch.Tensor], loss_sum: torch.Tensor, x: torch.Tensor,
+             y: torch.Tensor, row_w: torch.Tensor, member_w: torch.Tensor, lr: torch.Tensor,
+             loss_args: list[torch.Tensor]) -> torch.Tensor:
+        grads, values = torch.func.grad(total_loss, has_aux=True)(params, x, y, row_w, member_w, loss_args)
+        grads = list(grads)
+        if plan.grad_clip is not None:
+            _clip(grads, plan.grad_clip, k)
+        _update(plan.optim, params, grads, state, lr)
+        loss_sum.add_(values)
+        return values
+
+    return step
+
+
+def _clip(grads: list[torch.Tensor], max_norm: float, k: int) -> None:
+    """`optim.clip_member_grad_norms` (``clip_grad_norm_`` per member), traced."""
+    norms = torch.stack([torch.linalg.vector_norm(g.reshape(k, -1), 2, dim=1) for g in grads], dim=1)
+    coef = torch.clamp(max_norm / (torch.linalg.vector_norm(norms, 2, dim=1) + CLIP_EPS), max=1.0)
+    for i, g in enumerate(grads):
+        grads[i] = g * coef.view(k, *([1] * (g.dim() - 1)))
+
+
+def _update(optim: OptimSpec, params: list[torch.Tensor], grads: list[torch.Tensor], state: list[torch.Tensor],
+            lr: torch.Tensor) -> None:
+    """`optim.StackedSGD` / `optim.StackedAdam`'s update, traced. SGD's buffers start at zero, so the
+    first step's ``b ← μ·0 + g`` is torch's ``b ← g``."""
+    n = len(params)
+    if optim.weight_decay != 0:
+        grads = [g + optim.weight_decay * p for g, p in zip(grads, params)]
+    if optim.name == "sgd":
+        if optim.momentum != 0:
+            for b, g in zip(state[:n], grads):
+                b.mul_(optim.momentum).add_(g)
+            grads = state[:n]
+        for p, g in zip(params, grads):
+            p.sub_(lr * g)
+        return
+    beta1, beta2 = ADAM_BETAS
+    exp_avg, exp_avg_sq, scalars = state[:n], state[n:2 * n], state[2 * n]
+    step_size, bias_correction2_sqrt = scalars[0], scalars[1]
+    for p, g, m, v in zip(params, grads, exp_avg, exp_avg_sq):
+        m.lerp_(g, 1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        p.sub_(step_size * (m / (v.sqrt() / bias_correction2_sqrt + ADAM_EPS)))  # addcdiv_(value=-step_size)
+
+
+class CompiledSteps:
+    """The compiled step bound to one run: its stacked net's parameters, optimiser state and weights.
+
+    Args:
+        net: the stacked network over ``bucket_size(K)`` slots (slots ``K…`` are copies of member 0).
+        families, params: each slot's loss family and float parameters (`MemberLosses` validated them).
+        live: how many leading slots hold members (the rest get member weight 0).
+        x_like: a training batch (its shape, dtype and device fix the compiled signature).
+    """
+
+    def __init__(self, net: StackedNet, families: Sequence, params: Sequence[dict], live: int, optim: OptimSpec,
+                 grad_clip: float | None, x_like: torch.Tensor, backend: str) -> None:
+        dev, dtype, batch = x_like.device, net.params[0].dtype, x_like.shape[0]
+        slots = net.size
+        net.set_requires_grad(False)  # func.grad differentiates the explicit inputs
+        self.net, self.optim, self.params = net, optim, net.params
+        groups: dict[str, list[int]] = {}
+        for s, fam in enumerate(families):
+            groups.setdefault(fam.name, []).append(s)
+        by_name = {fam.name: fam for fam in families}
+        self.plan = StepPlan(
+            layers=tuple(net.layers), param_counts=tuple(len(layer.params) for layer in net.layers), slots=slots,
+            groups=tuple(LossGroup(by_name[n].fn, tuple(by_name[n].param_names), tuple(ss))
+                         for n, ss in groups.items()),
+            optim=optim, grad_clip=grad_clip,
+        )
+        self.loss_args = [torch.tensor([params[s][p] for s in ss], dtype=dtype, device=dev).repeat_interleave(batch)
+                          for n, ss in groups.items() for p in by_name[n].param_names]
+        zeros = [torch.zeros_like(p) for p in self.params]
+        if optim.name == "adam":
+            self.state = zeros + [torch.zeros_like(p) for p in self.params] + [torch.ones(2, dtype=dtype, device=dev)]
+        else:
+            self.state = zeros if optim.momentum != 0 else []
+        self.member_w = torch.zeros(slots, dtype=dtype, device=dev)
+        self.member_w[:live] = 1
+        self.lr = torch.zeros((), dtype=dtype, device=dev)
+        self.adam_steps = 0
+        self.fn = compiled_step(self.plan, x_like, backend)
+        self.backend = backend
+        self._padded: dict[int, torch.Tensor] = {}  # id of an eval split -> its rows padded to whole chunks
+
+    def warm_up(self, x: torch.Tensor, y: torch.Tensor, row_w: torch.Tensor) -> None:
+        """Compile (or load from the caches) by running one step on copies of the state; raises on failure."""
+        params, state = [p.clone() for p in self.params], [s.clone() for s in self.state]
+        self.fn(params, state, torch.zeros_like(self.member_w), x, y, row_w, self.member_w, self.lr, self.loss_args)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, row_w: torch.Tensor, lr: float, loss_sum: torch.Tensor) -> None:
+        """One update of every slot; adds each slot's batch loss to ``loss_sum``."""
+        self.lr.fill_(lr)
+        if self.optim.name == "adam":  # StackedAdam's bias corrections, as tensors
+            self.adam_steps += 1
+            beta1, beta2 = ADAM_BETAS
+            self.state[-1][0].fill_(lr / (1 - beta1**self.adam_steps))
+            self.state[-1][1].fill_((1 - beta2**self.adam_steps) ** 0.5)
+        self.fn(self.params, self.state, loss_sum, x, y, row_w, self.member_w, self.lr, self.loss_args)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, rows: int) -> torch.Tensor:
+        """Eval-mode classes ``[S, N]`` of every slot on ``x``, in compiled chunks of ``rows`` (the last one
+        padded with copies of the first rows, whose predictions are dropped)."""
+        n = x.shape[0]
+        rows = min(rows, n)
+        key = id(x)
+        if key not in self._padded:
+            pad = -n % rows
+            self._padded[key] = torch.cat([x, x[torch.arange(pad, device=x.device) % n]]) if pad else x
+        fn = compiled_predict(self.plan, x[:rows], self.backend)
+        out = [fn(self.params, chunk) for chunk in self._padded[key].split(rows)]
+        return torch.cat(out, dim=1)[:, :n]
+
+    @torch.no_grad()
+    def retire(self, slot: int) -> None:
+        """Take ``slot``'s member out of training: weight 0, parameters and optimiser state zeroed (finite)."""
+        self.member_w[slot] = 0
+        per_slot = self.state[:-1] if self.optim.name == "adam" else self.state  # not Adam's scalars
+        for t in self.params + per_slot:
+            t[slot].zero_()
+        for layer in self.net.layers:
+            for b in layer.buffers:
+                b[slot].zero_()
