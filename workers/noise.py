@@ -12,6 +12,12 @@ symmetric          uniform_mix  with prob. ``r`` replaced by a uniform class tha
                                 ``r(C−1)/C`` change (Meta-Weight-Net / NARL / L2B copies)
 asymmetric         pairflip     ``y → y+1 mod C`` with prob. ``r``
 asymmetric         semantic     the dataset's class map (``SEMANTIC_MAPS``) with prob. ``r``
+asymmetric         oneway       the class map with each mutual pair made one-way (ding §4.1: CIFAR-10
+                                TRUCK→AUTOMOBILE, BIRD→AIRPLANE, DEER→HORSE, CAT→DOG; dog stays)
+asymmetric         two_class    each class flips to two other classes (seeded per class) with ``r/2``
+                                each (shu §4.1 after Meta-Weight-Net [42])
+asymmetric         superclass   CIFAR-100 hierarchical corruption (shu §4.1, ding §4.1 after GLC):
+                                w.p. ``r`` a uniform class of the same superclass (it may be ``y``)
 instance           xia2020      ding-narl §4.2 after Xia et al. 2020 (see `_xia2020`)
 longtail           jiang        jiang-dynamic-loss §Experiments: ``y → j`` with prob. ``r·N_j/N``
 =================  ===========  =================================================================
@@ -32,9 +38,10 @@ from scipy.special import ndtr, ndtri
 
 from evoloss.workers.task import NoiseSpec
 
-NOISE_KINDS = ("none", "symmetric", "asymmetric", "instance", "longtail")
+NOISE_KINDS = ("none", "symmetric", "asymmetric", "instance", "longtail", "given")
 # An empty ``NoiseSpec.convention`` means the kind's default, written out in every record.
-DEFAULT_CONVENTION = {"symmetric": "exact", "asymmetric": "pairflip", "instance": "xia2020", "longtail": "jiang"}
+DEFAULT_CONVENTION = {"symmetric": "exact", "asymmetric": "pairflip", "instance": "xia2020", "longtail": "jiang",
+                      "given": "file"}  # given: the labels of a user's file (workers/given_noise.py)
 XIA_FLIP_STD = 0.1  # ding-narl §4.2: flip rate ~ N(r, 0.1²) truncated to [0, 1]
 
 # Class maps of ``asymmetric/semantic`` (docs/noise.md); applied simultaneously. A dataset names its
@@ -65,6 +72,7 @@ class NoiseContext:
     features: np.ndarray | None = None
     class_map: Mapping[int, int] | None = None
     class_counts: np.ndarray | None = None
+    given: np.ndarray | None = None  # the dataset's own labels of these rows (noise type "given")
 
 
 _Pair = tuple[np.ndarray, np.ndarray]
@@ -174,13 +182,14 @@ def apply_noise(
     features: np.ndarray | None = None,
     class_map: Mapping[int, int] | None = None,
     class_counts: np.ndarray | None = None,
+    given_labels: np.ndarray | None = None,
 ) -> NoisyLabels:
     """Corrupt ``labels`` with the noise model of ``spec``.
 
     Args:
         seed: the task's noise seed; ``stream`` tells splits apart (train 0, noisy-val 1): their
             sample draws differ while the noise process (xia2020's ``W``) is the same.
-        features, class_map, class_counts: see `NoiseContext`.
+        features, class_map, class_counts: see `NoiseContext`; ``given_labels``: its ``given``.
 
     Raises:
         ValueError: bad spec, labels outside ``[0, num_classes)``, or a missing input the model needs.
@@ -201,7 +210,7 @@ def apply_noise(
             f"noise {name} needs the dataset's semantic class map; this dataset has none "
             f"(maps exist for: {', '.join(sorted(SEMANTIC_MAPS))}); use asymmetric/pairflip instead"
         )
-    ctx = NoiseContext(num_classes, int(seed), features, class_map, class_counts)
+    ctx = NoiseContext(num_classes, int(seed), features, class_map, class_counts, given_labels)
     rng = np.random.default_rng([int(seed), 1 + int(stream)])
     noisy, expected = model.fn(y, float(spec.rate), ctx, rng)
     noisy = np.asarray(noisy, dtype=np.int64)
@@ -329,6 +338,72 @@ def _semantic(y: np.ndarray, rate: float, ctx: NoiseContext, rng: np.random.Gene
     return _flip_by_map(y, rate, ctx.num_classes, dict(ctx.class_map or {}), rng)
 
 
+def one_way(class_map: Mapping[int, int]) -> dict[int, int]:
+    """``class_map`` with every mutual pair ``a ↔ b`` kept one way only, ``min(a, b) → max(a, b)``.
+
+    For CIFAR-10's map this is ding §4.1's TRUCK→AUTOMOBILE, BIRD→AIRPLANE, DEER→HORSE, CAT(3)→DOG(5).
+    """
+    return {s: d for s, d in class_map.items() if not (class_map.get(d) == s and s > d)}
+
+
+@register_noise("asymmetric", "oneway", needs_class_map=True)
+def _oneway(y: np.ndarray, rate: float, ctx: NoiseContext, rng: np.random.Generator) -> _Pair:
+    """The dataset's class map made one-way (`one_way`), applied with prob. r (ding-narl §4.1)."""
+    return _flip_by_map(y, rate, ctx.num_classes, one_way(dict(ctx.class_map or {})), rng)
+
+
+def two_class_matrix(rate: float, num_classes: int, structure_seed: int) -> np.ndarray:
+    """``T[i, i] = 1 − r`` and ``r/2`` on two distinct other classes per row, drawn per class from the
+    noise process's seed (Meta-Weight-Net's ``flip_labels_C_two``, the setting shu §4.1 uses)."""
+    rng = np.random.default_rng([int(structure_seed), 0])
+    t = np.eye(num_classes) * (1.0 - rate)
+    for i in range(num_classes):
+        others = np.array([j for j in range(num_classes) if j != i])
+        t[i, rng.choice(others, size=2, replace=False)] = rate / 2
+    return t
+
+
+@register_noise("asymmetric", "two_class")
+def _two_class(y: np.ndarray, rate: float, ctx: NoiseContext, rng: np.random.Generator) -> _Pair:
+    """Each label is drawn from its row of `two_class_matrix` (shu §4.1: "flipped to two classes with
+    same probability"); the two classes of a row are the same for every split of a task."""
+    if ctx.num_classes < 3:
+        raise ValueError(f"noise asymmetric/two_class needs >= 3 classes, got {ctx.num_classes}")
+    t = two_class_matrix(rate, ctx.num_classes, ctx.structure_seed)
+    return _draw_rows(y, t, rng), t
+
+
+# CIFAR-100 fine label -> superclass (the dataset's "coarse_labels", torchvision class order).
+CIFAR100_SUPERCLASS = np.array([
+    4, 1, 14, 8, 0, 6, 7, 7, 18, 3, 3, 14, 9, 18, 7, 11, 3, 9, 7, 11, 6, 11, 5, 10, 7, 6, 13, 15, 3, 15,
+    0, 11, 1, 10, 12, 14, 16, 9, 11, 5, 5, 19, 8, 8, 15, 13, 14, 17, 18, 10, 16, 4, 17, 4, 2, 0, 17, 4, 18, 17,
+    10, 3, 2, 12, 12, 16, 12, 1, 9, 19, 2, 10, 0, 1, 16, 12, 9, 13, 15, 13, 16, 19, 2, 4, 6, 19, 5, 5, 8, 19,
+    18, 1, 2, 15, 6, 0, 17, 8, 14, 13])
+
+
+def superclass_matrix(rate: float) -> np.ndarray:
+    """``T = (1 − r)·I + (r/5)·B``, ``B[i, j] = 1`` when i, j share a CIFAR-100 superclass (GLC's
+    hierarchical corruption: uniform over the 5 classes of the superclass, the true one included)."""
+    same = CIFAR100_SUPERCLASS[:, None] == CIFAR100_SUPERCLASS[None, :]
+    return (1.0 - rate) * np.eye(100) + rate / 5.0 * same
+
+
+@register_noise("asymmetric", "superclass")
+def _superclass(y: np.ndarray, rate: float, ctx: NoiseContext, rng: np.random.Generator) -> _Pair:
+    """CIFAR-100 hierarchical corruption (shu §4.1, ding §4.1, after GLC [16]/[26]); 100 classes only."""
+    if ctx.num_classes != 100:
+        raise ValueError(f"noise asymmetric/superclass is CIFAR-100's superclass corruption: it needs 100 classes "
+                         f"in CIFAR-100's order, got {ctx.num_classes}; use asymmetric/two_class or pairflip")
+    t = superclass_matrix(rate)
+    return _draw_rows(y, t, rng), t
+
+
+def _draw_rows(y: np.ndarray, t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each label ``y_i`` replaced by a draw from row ``y_i`` of the transition matrix ``t``."""
+    u = rng.random(len(y))
+    return np.minimum((u[:, None] > np.cumsum(t[y], axis=1)).sum(axis=1), t.shape[1] - 1)
+
+
 # --- instance-dependent -------------------------------------------------------------------------
 
 
@@ -448,3 +523,7 @@ def _unknown_text(field: str, value: object, valid) -> str:
     close = difflib.get_close_matches(str(value), valid, n=3)
     hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
     return f"unknown {field} {value!r}.{hint} Valid: {', '.join(valid)}"
+
+
+# The "given" noise type (the labels of a user's file) registers in its own module.
+from evoloss.workers import given_noise  # noqa: E402,F401

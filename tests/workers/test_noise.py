@@ -281,3 +281,57 @@ def test_bad_labels_raise() -> None:
         apply_noise(NoiseSpec("symmetric", 0.2), np.array([0, 10]), num_classes=C, seed=0)
     with pytest.raises(ValueError, match="num_classes"):
         apply_noise(NoiseSpec("symmetric", 0.2), np.array([0, 0]), num_classes=1, seed=0)
+
+
+# --- the papers' asymmetric settings (shu §4.1, ding §4.1) ----------------------------------------
+CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def test_oneway_cifar10_is_dings_four_one_way_flips():
+    spec = NoiseSpec("asymmetric", 0.4, "oneway")
+    y = labels()
+    out = apply_noise(spec, y, num_classes=C, seed=3, class_map=SEMANTIC_MAPS["cifar10"])
+    name = CIFAR10_NAMES.index
+    nominal = np.eye(C)
+    for src, dst in [("truck", "automobile"), ("bird", "airplane"), ("deer", "horse"), ("cat", "dog")]:
+        nominal[name(src), name(src)], nominal[name(src), name(dst)] = 0.6, 0.4
+    within_sampling_error(out.transition, nominal, y)
+    assert out.transition[name("dog"), name("dog")] == 1.0  # one way: dogs never become cats
+    np.testing.assert_allclose(out.expected_transition, nominal)
+    assert out.convention == "asymmetric/oneway"
+
+
+def test_two_class_flips_each_class_to_two_others_with_half_the_rate_each():
+    r, y = 0.4, labels()
+    spec = NoiseSpec("asymmetric", r, "two_class")
+    out = apply_noise(spec, y, num_classes=C, seed=5)
+    t = out.expected_transition
+    for i in range(C):
+        off = [j for j in range(C) if j != i and t[i, j] > 0]
+        assert len(off) == 2 and t[i, i] == pytest.approx(1 - r)
+        assert t[i, off[0]] == pytest.approx(r / 2) and t[i, off[1]] == pytest.approx(r / 2)
+    within_sampling_error(out.transition, t, y)
+    assert out.noise_rate == pytest.approx(r, abs=5 * math.sqrt(r * (1 - r) / N))
+    other_split = apply_noise(spec, y[:5000], num_classes=C, seed=5, stream=1)
+    np.testing.assert_array_equal(other_split.expected_transition, t)  # same process for every split
+    with pytest.raises(ValueError, match=">= 3 classes"):
+        apply_noise(spec, np.array([0, 1]), num_classes=2, seed=0)
+
+
+def test_superclass_corruption_stays_inside_cifar100_superclasses():
+    r, c = 0.5, 100
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, c, size=100_000)
+    out = apply_noise(NoiseSpec("asymmetric", r, "superclass"), y, num_classes=c, seed=2)
+    # CIFAR-100's 20 superclasses of 5 classes each, e.g. superclass 4 = fish (aquarium fish, flatfish, ...)
+    coarse = np.array([4, 1, 14, 8, 0, 6, 7, 7, 18, 3, 3, 14, 9, 18, 7, 11, 3, 9, 7, 11, 6, 11, 5, 10, 7, 6, 13,
+                       15, 3, 15, 0, 11, 1, 10, 12, 14, 16, 9, 11, 5, 5, 19, 8, 8, 15, 13, 14, 17, 18, 10, 16, 4, 17,
+                       4, 2, 0, 17, 4, 18, 17, 10, 3, 2, 12, 12, 16, 12, 1, 9, 19, 2, 10, 0, 1, 16, 12, 9, 13, 15,
+                       13, 16, 19, 2, 4, 6, 19, 5, 5, 8, 19, 18, 1, 2, 15, 6, 0, 17, 8, 14, 13])
+    assert np.all(np.bincount(coarse, minlength=20) == 5)
+    nominal = np.where(coarse[:, None] == coarse[None, :], r / 5, 0.0) + (1 - r) * np.eye(c)
+    np.testing.assert_allclose(out.expected_transition, nominal)
+    within_sampling_error(out.transition, nominal, y)
+    assert out.noise_rate == pytest.approx(r * 4 / 5, abs=0.01)  # the uniform draw keeps y w.p. 1/5
+    with pytest.raises(ValueError, match="100 classes"):
+        apply_noise(NoiseSpec("asymmetric", r, "superclass"), labels(), num_classes=C, seed=0)

@@ -9,15 +9,17 @@ shu-adaptive-robust-loss, Alg. 1 (ARL): at each step t
 with L_train the robust loss of Eqs. 2–5 (A-GCE: q; A-SL: γ1, γ2; A-Bi-Tempered: t1, t2;
 A-PolySoft: λ, d). Choices where the paper is silent, all options:
 
-- Λ is bounded by parameterisation (`workers.meta.bounds`: sigmoid inside a two-sided family range,
-  softplus above a lower bound), never clamped; the family's registered range is the bound.
+- Eq. 8 is taken on Λ itself: Λ ← Π(Λ − β ∇Λ L_meta), Π the projection onto the family's range
+  (`workers.meta.bounds.Bounds.project`: open ends pulled inside by the parameter's margin). Inside
+  the range one step moves Λ by exactly −β∇Λ L_meta. (An earlier version stepped a raw z with
+  Λ = σ(z) or softplus(z), which multiplies every Λ step by (dΛ/dz)², ≈0.04 for GCE's q: Λ did not move.)
+- β = the classifier's current learning rate ("the learning rate setting is the same as the
+  classifier", §4.1), or ``meta_lr``.
 - Initial Λ: the spec's values, else the family defaults (GCE q 0.7, Bi-Tempered t1 0.8, t2 1.2 …).
   Parameters that are not learned (SL's A) keep the spec's value.
-- Meta optimiser: plain SGD on the raw parameters (Eq. 8) with β = the classifier's current
-  learning rate ("the learning rate setting is the same as the classifier", §4.1), or ``meta_lr``.
-- The paper's classifier setting (SGD lr 0.1, momentum 0.9, wd 1e-3, batch 100; meta set 1,000
-  clean samples, or 10 per class) is `PAPER_BUDGET` for configs to use; the trainer itself follows
-  the task's budget like every other trainer.
+- The paper's classifier setting (SGD lr 0.1, momentum 0.9, wd 1e-3, batch 100, lr ×0.1 at 2/3 and
+  5/6 of the run; meta set 1,000 clean samples) is ``protocol="paper"``
+  (`workers.meta.paper_protocols.PAPER_PROTOCOLS["adaptive"]`); the default follows the task's budget.
 """
 from __future__ import annotations
 
@@ -28,15 +30,12 @@ import torch
 
 from evoloss.losses import LossSpec, get_family
 from evoloss.workers.meta.bounds import Bounds
-from evoloss.workers.meta.lookahead import LookaheadConfig, MetaGradient, apply_meta_gradient, meta_gradient
+from evoloss.workers.meta.lookahead import LookaheadConfig, MetaGradient, meta_gradient
 from evoloss.workers.meta.meta_trainer import MetaTrainer, require_float_params
 from evoloss.workers.meta.method import Batch, MetaMethod
 from evoloss.workers.meta.training import MetaRun
-from evoloss.workers.task import Budget
 from evoloss.workers.trainer import register_trainer
 
-
-PAPER_BUDGET = Budget(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-3, batch_size=100)
 
 # trainer name -> (loss family, the parameters Λ it learns)
 ADAPTIVE_TRAINERS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -67,21 +66,25 @@ class AdaptiveLoss(MetaMethod):
             raise ValueError(f"meta_lr={meta_lr!r} must be a positive number (or None: the classifier's lr)")
         self.family, self.fn, self.lookahead, self.meta_lr = family, fam.fn, lookahead, meta_lr
         self.bounds = {name: Bounds.of(fam.param(name)) for name in learned}
-        self.init = {name: float(full[name]) for name in learned}
+        self.init = {name: self.bounds[name].check(float(full[name])) for name in learned}
         self.fixed = {k: v for k, v in full.items() if k not in self.bounds}
-        self.raw: dict[str, torch.Tensor] = {}
+        self.lam: dict[str, torch.Tensor] = {}
 
     def init_meta_parameters(self, dtype: torch.dtype, device: torch.device | str) -> None:
-        """Create the raw parameters z with value(z) = the initial Λ, and their SGD (Eq. 8)."""
-        self.raw = {
-            name: torch.tensor(b.raw(self.init[name]), dtype=dtype, device=device, requires_grad=True)
-            for name, b in self.bounds.items()
-        }
-        self.meta_optimizer = torch.optim.SGD(list(self.raw.values()), lr=self.meta_lr or 1.0)
+        """Create Λ (0-d leaf tensors at the initial values) for the look-ahead to differentiate."""
+        self.lam = {name: torch.tensor(self.init[name], dtype=dtype, device=device, requires_grad=True)
+                    for name in self.bounds}
 
     def values(self) -> dict[str, torch.Tensor]:
-        """The current Λ (0-d tensors, differentiable in the raw parameters)."""
-        return {name: self.bounds[name].value(z) for name, z in self.raw.items()}
+        """The current Λ (0-d leaf tensors)."""
+        return dict(self.lam)
+
+    def step(self, grads: Sequence[torch.Tensor], beta: float) -> None:
+        """Eq. 8 on Λ, then the projection onto the bounds: Λ ← Π(Λ − β ∇Λ L_meta)."""
+        with torch.no_grad():
+            for (name, lam), g in zip(self.lam.items(), grads):
+                lam.sub_(beta * g)
+                self.bounds[name].project(lam)
 
     def per_sample_loss(
         self, logits: torch.Tensor, targets: torch.Tensor, values: Mapping[str, torch.Tensor]
@@ -93,11 +96,11 @@ class AdaptiveLoss(MetaMethod):
         self, model: torch.nn.Module, batch: Batch, x_meta: torch.Tensor, y_meta: torch.Tensor, lr: float,
         optimizer: torch.optim.Optimizer | None = None,
     ) -> MetaGradient:
-        """∇z L_meta(w̃(Λ(z))) for the raw parameters z, in `raw` order (Eqs. 7–9)."""
+        """∇Λ L_meta(w̃(Λ)), one gradient per learned parameter in `lam` order (Eqs. 7–9)."""
         def objective(logits: torch.Tensor) -> torch.Tensor:
             return self.per_sample_loss(logits, batch.y, self.values()).mean()
 
-        return meta_gradient(model, list(self.raw.values()), objective, batch.x, x_meta, y_meta, lr,
+        return meta_gradient(model, list(self.lam.values()), objective, batch.x, x_meta, y_meta, lr,
                              config=self.lookahead, optimizer=optimizer)
 
     # --- MetaMethod hooks ---------------------------------------------------------------------
@@ -109,9 +112,7 @@ class AdaptiveLoss(MetaMethod):
         self, run: MetaRun, batch: Batch, x_meta: torch.Tensor, y_meta: torch.Tensor, lr: float
     ) -> MetaGradient:
         result = self.meta_gradient(run.model, batch, x_meta, y_meta, lr, run.optimizer)
-        for group in self.meta_optimizer.param_groups:
-            group["lr"] = self.meta_lr or lr
-        apply_meta_gradient(self.meta_optimizer, list(self.raw.values()), result.grads)
+        self.step(result.grads, self.meta_lr or lr)
         return result
 
     def train_loss(self, run: MetaRun, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -133,9 +134,12 @@ class AdaptiveTrainer(MetaTrainer):
     given spec (of the trainer's family) gives one run starting from its values. Option:
     ``meta_lr`` (None: the classifier's current learning rate, as in the paper)."""
 
+    paper_key = "adaptive"
+
     def __init__(
         self, *, name: str, family: str, learned: tuple[str, ...], meta_lr: float | None = None, **options
     ) -> None:
+        self.name = name  # before the base checks, which name the trainer in their errors
         super().__init__(**options)
         self.name, self.family, self.learned, self.meta_lr = name, family, learned, meta_lr
 

@@ -10,6 +10,9 @@ softplus still lands strictly inside (e.g. PolySoft's d > 1 never reaches d = 1)
     only lo finite:    value = lo + softplus(z)
     only hi finite:    value = hi − softplus(−z)
     unbounded:         value = z
+
+`Bounds.project` is the other way to stay inside: the Euclidean projection onto ``[low, high]``
+applied *after* a step taken directly on the value (shu Eq. 8 on Λ itself, `workers.meta.adaptive`).
 """
 from __future__ import annotations
 
@@ -54,6 +57,25 @@ class Bounds:
         if math.isfinite(self.high):
             return self.high - F.softplus(-z)
         return z
+
+    def check(self, value: float) -> float:
+        """``value`` as a float after checking it is finite and inside ``[low, high]`` (ValueError otherwise)."""
+        if not math.isfinite(value):
+            raise ValueError(f"initial value of {self.name!r} is {value}; it must be a finite number")
+        if not self.low <= value <= self.high:
+            raise ValueError(
+                f"initial value {self.name}={value} is outside the learnable range [{self.low:g}, {self.high:g}]"
+            )
+        return float(value)
+
+    def project(self, value: torch.Tensor) -> torch.Tensor:
+        """The nearest point of ``[low, high]`` to ``value`` (in place on a leaf, under ``no_grad``)."""
+        low = self.low if math.isfinite(self.low) else None
+        high = self.high if math.isfinite(self.high) else None
+        if low is None and high is None:
+            return value
+        with torch.no_grad():
+            return value.clamp_(min=low, max=high)
 
     def raw(self, value: float) -> float:
         """The raw ``z`` whose `value` is ``value`` (inverse map; values at a bound are nudged inside)."""

@@ -194,19 +194,26 @@ class DynamicLoss(MetaMethod):
 class DynamicLossTrainer(MetaTrainer):
     """``dynamic``: each spec is the base loss ℓ (none: CE); no clean meta set is needed. Options:
     ``rank_bins`` (10), ``warmup_epochs`` (1), ``primary_fraction`` M0 (0.5), ``meta_fraction`` M1
-    (0.25), ``hidden`` (100), ``trust_bias`` (4), ``meta_lr`` (Adam 3e-3), ``meta_weight_decay`` (0)."""
+    (0.25), ``hidden`` (100), ``trust_bias`` (4), ``meta_lr`` (Adam 3e-3), ``meta_weight_decay`` (0).
+    ``protocol="paper"`` sets jiang Table 7's: warm-up 5 epochs, 100 rank bins (CIFAR-10)."""
 
     name = "dynamic"
+    paper_key = "dynamic"
 
     def __init__(self, *, rank_bins: int = 10, warmup_epochs: int = 1, primary_fraction: float = 0.5,
                  meta_fraction: float = 0.25, hidden: int = 100, trust_bias: float = 4.0, meta_lr: float = 3e-3,
                  meta_weight_decay: float = 0.0, **options) -> None:
         super().__init__(**options)
-        self.method_options = dict(rank_bins=rank_bins, warmup_epochs=warmup_epochs, primary_fraction=primary_fraction,
-                                   meta_fraction=meta_fraction, hidden=hidden, trust_bias=trust_bias, meta_lr=meta_lr,
-                                   meta_weight_decay=meta_weight_decay)
+        given = dict(rank_bins=rank_bins, warmup_epochs=warmup_epochs, primary_fraction=primary_fraction,
+                     meta_fraction=meta_fraction, hidden=hidden, trust_bias=trust_bias, meta_lr=meta_lr,
+                     meta_weight_decay=meta_weight_decay)
+        self.method_options = self.protocol_options(given, DYNAMIC_DEFAULTS)
         DynamicLoss(LossSpec("ce"), **self.method_options)  # validates the options now
 
     def make_method(self, spec: LossSpec) -> DynamicLoss:
         require_float_params(self.name, spec)
         return DynamicLoss(spec, **self.method_options, lookahead=self.lookahead)
+
+
+DYNAMIC_DEFAULTS: dict[str, object] = dict(rank_bins=10, warmup_epochs=1, primary_fraction=0.5, meta_fraction=0.25,
+                                           hidden=100, trust_bias=4.0, meta_lr=3e-3, meta_weight_decay=0.0)

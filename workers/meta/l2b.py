@@ -22,6 +22,8 @@ Ablations (Table 7), ``variant``:
   batch loss is the mean — per-sample bootstrapping with a learned β_i (Eq. 2), no instance weights.
 
 A meta step is needed for every batch (the weights exist only for it): T_meta must be 1.
+``warmup_epochs`` (default 0; zhou §4.2: 10, ``protocol="paper"``) first train the base loss on all
+data with no meta step, following DivideMix's warm-up that §4.2 cites.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from torch import nn
 from evoloss.losses import LossSpec, get_family
 from evoloss.workers.meta.lookahead import LookaheadConfig, MetaGradient, meta_gradient
 from evoloss.workers.meta.meta_trainer import MetaTrainer, require_float_params
-from evoloss.workers.meta.method import Batch, MetaMethod
+from evoloss.workers.meta.method import Batch, EpochPlan, MetaMethod
 from evoloss.workers.meta.training import MetaRun
 from evoloss.workers.trainer import register_trainer
 
@@ -66,10 +68,14 @@ class LearningToBootstrap(MetaMethod):
     """Per-sample α_i (observed label) and β_i (pseudo-label) weights from the look-ahead."""
 
     def __init__(
-        self, spec: LossSpec, *, variant: str = "free", lookahead: LookaheadConfig = LookaheadConfig()
+        self, spec: LossSpec, *, variant: str = "free", warmup_epochs: int = 0,
+        lookahead: LookaheadConfig = LookaheadConfig(),
     ) -> None:
         if variant not in L2B_VARIANTS:
             raise ValueError(f"variant={variant!r} is not one of {L2B_VARIANTS}")
+        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs={warmup_epochs!r} must be an integer >= 0")
+        self.warmup_epochs, self.warm = warmup_epochs, False
         if lookahead.every != 1:
             raise ValueError(f"l2b computes the weights of every batch from its own meta step: meta_every must be 1, "
                              f"got {lookahead.every}")
@@ -101,6 +107,10 @@ class LearningToBootstrap(MetaMethod):
                              config=self.lookahead, optimizer=optimizer)
 
     # --- MetaMethod hooks ---------------------------------------------------------------------
+    def begin_epoch(self, run: MetaRun, epoch: int) -> EpochPlan:
+        self.warm = epoch < self.warmup_epochs
+        return EpochPlan(meta=not self.warm)
+
     def meta_step(
         self, run: MetaRun, batch: Batch, x_meta: torch.Tensor, y_meta: torch.Tensor, lr: float
     ) -> MetaGradient:
@@ -109,6 +119,8 @@ class LearningToBootstrap(MetaMethod):
         return result
 
     def train_loss(self, run: MetaRun, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        if self.warm:  # warm-up: the base loss on the observed labels, no meta step
+            return self.fn(logits, batch.y, **self.params).mean()
         if self._weights is None or len(self._weights[0]) != len(batch.y):
             raise RuntimeError("l2b: the real step of a batch needs that batch's meta step first")
         alpha, beta = self._weights
@@ -133,24 +145,30 @@ class LearningToBootstrap(MetaMethod):
         return out
 
     def final_extra(self, run: MetaRun) -> dict[str, object]:
-        return {"variant": self.variant, "all_zero_batches": self.all_zero_batches}
+        return {"variant": self.variant, "all_zero_batches": self.all_zero_batches,
+                "warmup_epochs": self.warmup_epochs}
 
 
 @register_trainer("l2b")
 class LearningToBootstrapTrainer(MetaTrainer):
-    """``l2b``: each spec is the base loss L (none: CE, as in the paper). Option ``variant``:
-    ``free`` | ``alpha0`` | ``beta0`` | ``sum1`` (the ablations of Table 7)."""
+    """``l2b``: each spec is the base loss L (none: CE, as in the paper). Options ``variant``:
+    ``free`` | ``alpha0`` | ``beta0`` | ``sum1`` (the ablations of Table 7); ``warmup_epochs`` (0)."""
 
     name = "l2b"
+    paper_key = "l2b"
 
-    def __init__(self, *, variant: str = "free", **options) -> None:
+    def __init__(self, *, variant: str = "free", warmup_epochs: int = 0, **options) -> None:
         super().__init__(**options)
         if variant not in L2B_VARIANTS:
             raise ValueError(f"variant={variant!r} is not one of {L2B_VARIANTS}")
         if self.lookahead.every != 1:
             raise ValueError(f"l2b needs a meta step on every batch: meta_every must be 1, got {self.lookahead.every}")
         self.variant = variant
+        self.warmup_epochs = self.protocol_options({"warmup_epochs": warmup_epochs},
+                                                   {"warmup_epochs": 0})["warmup_epochs"]
+        LearningToBootstrap(LossSpec("ce"), variant=variant, warmup_epochs=self.warmup_epochs)  # validates now
 
     def make_method(self, spec: LossSpec) -> LearningToBootstrap:
         require_float_params(self.name, spec)
-        return LearningToBootstrap(spec, variant=self.variant, lookahead=self.lookahead)
+        return LearningToBootstrap(spec, variant=self.variant, warmup_epochs=self.warmup_epochs,
+                                   lookahead=self.lookahead)

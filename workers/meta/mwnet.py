@@ -127,6 +127,7 @@ class MetaWeightNetTrainer(MetaTrainer):
     ``meta_lr`` (Adam, 1e-3), ``meta_weight_decay`` (1e-4), ``normalize`` (False)."""
 
     name = "mwnet"
+    paper_key = "mwnet"
 
     def __init__(
         self, *, meta_lr: float = 1e-3, meta_weight_decay: float = 1e-4, normalize: bool = False, **options
@@ -134,7 +135,10 @@ class MetaWeightNetTrainer(MetaTrainer):
         super().__init__(**options)
         if not (meta_lr > 0 and math.isfinite(meta_lr)) or meta_weight_decay < 0:
             raise ValueError(f"meta_lr={meta_lr!r} must be > 0 and meta_weight_decay={meta_weight_decay!r} >= 0")
-        self.meta_lr, self.meta_weight_decay, self.normalize = meta_lr, meta_weight_decay, bool(normalize)
+        merged = self.protocol_options({"meta_lr": meta_lr, "meta_weight_decay": meta_weight_decay},
+                                       {"meta_lr": 1e-3, "meta_weight_decay": 1e-4})
+        self.meta_lr, self.meta_weight_decay, self.normalize = merged["meta_lr"], merged["meta_weight_decay"], \
+            bool(normalize)
 
     def make_method(self, spec: LossSpec) -> MetaWeightNet:
         require_float_params(self.name, spec)

@@ -173,10 +173,12 @@ class NarlTrainer(MetaTrainer):
     (``meta_every``) defaults to 10."""
 
     default_every = 10
+    paper_key = "narl"
 
     def __init__(self, *, name: str, family: str, learned: tuple[str, ...], adjuster: object = None,
                  scales: Mapping[str, float] | None = None, meta_lr: float = 1e-3, meta_weight_decay: float = 1e-4,
                  **options) -> None:
+        self.name = name  # before the base checks, which name the trainer in their errors
         super().__init__(**options)
         if not (meta_lr > 0 and math.isfinite(meta_lr)) or meta_weight_decay < 0:
             raise ValueError(f"meta_lr={meta_lr!r} must be > 0 and meta_weight_decay={meta_weight_decay!r} >= 0")
@@ -214,7 +216,8 @@ class NarlTrainer(MetaTrainer):
         for spec in resolved:
             self.make_method(spec, meta_test=False)
         datas = None if data is None else [data]
-        return [self.meta_train([task], spec, device=device, datas=datas).records[0] for spec in resolved]
+        return self.stamp([self.meta_train([task], spec, device=device, datas=datas).records[0]
+                           for spec in resolved])
 
     def meta_train(self, tasks: Sequence[Task], spec: LossSpec | None = None, *, device: str = "cpu",
                    datas: Sequence[TaskData | None] | None = None) -> NarlMetaTrainResult:
@@ -225,7 +228,8 @@ class NarlTrainer(MetaTrainer):
         if not tasks or len(datas) != len(tasks):
             raise ValueError(f"meta_train needs a non-empty task grid and one data entry per task; got "
                              f"{len(tasks)} tasks and {len(datas)} data")
-        prepared = [prepare_data(t, [spec], d, device) for t, d in zip(tasks, datas)]
+        tasks = [self.protocol_task(t) for t in tasks]
+        prepared = [prepare_data(t, [spec], d, device, self.options.meta_source) for t, d in zip(tasks, datas)]
         for task, data in zip(tasks, prepared):
             check_meta_set(self.name, task, data, method)
         with deterministic_mode(self.options.deterministic, torch.device(device)), \

@@ -26,6 +26,7 @@ from evoloss.workers.archs import check_arch, create_arch
 from evoloss.workers.evaluation import EvalSplits, RunHistory, divergence_reason, evaluate_splits, failed_record
 from evoloss.workers.meta.lookahead import MetaGradient, check_head_only
 from evoloss.workers.meta.method import Batch, EpochPlan, MetaMethod, derived_seed
+from evoloss.workers.meta.paper_protocols import step_factor
 from evoloss.workers.protocol import batches, init_seed, lr_at, resolve_optimizer
 from evoloss.workers.records import EvalRecord
 from evoloss.workers.standard import deterministic_mode, make_optimizer, seeded_rng, validate_inputs
@@ -52,17 +53,35 @@ class MetaBatches:
         return self.x[idx], self.y[idx]
 
 
+META_SOURCES = ("meta", "val")
+
+
 @dataclass
 class RunOptions:
     """Options every meta trainer takes: meta batch size (None: the budget's batch size), a cap on
-    optimiser steps, how often to evaluate (epochs), deterministic kernels (as the standard trainer)."""
+    optimiser steps, how often to evaluate (epochs), deterministic kernels (as the standard trainer);
+    ``meta_source`` "meta" (the task's clean meta split) or "val" (the clean validation split is the
+    meta set: an equal-clean-budget compare, where selection and meta-learning read the same labels);
+    ``protocol`` "default" | "paper" with the paper's step milestones (fractions of the run) and gamma."""
 
     meta_batch_size: int | None = None
     max_steps: int | None = None
     eval_every: int = 1
     deterministic: bool = True
+    meta_source: str = "meta"
+    protocol: str = "default"
+    lr_milestones: tuple[float, ...] = ()
+    lr_gamma: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.protocol not in ("default", "paper"):
+            raise ValueError(f"protocol={self.protocol!r} is not one of ('default', 'paper')")
+        if not all(isinstance(f, float) and 0 < f < 1 for f in self.lr_milestones) or not self.lr_gamma > 0:
+            raise ValueError(f"lr_milestones={self.lr_milestones!r} must be fractions in (0, 1) and "
+                             f"lr_gamma={self.lr_gamma!r} > 0")
+        if self.meta_source not in META_SOURCES:
+            raise ValueError(f"meta_source={self.meta_source!r} is not one of {META_SOURCES} "
+                             "('val': the clean validation split is the meta set)")
         for name in ("meta_batch_size", "max_steps"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
@@ -169,22 +188,34 @@ class MetaRun:
     def record(self) -> EvalRecord:
         """The run's `EvalRecord`: the standard fields plus the learned quantities in ``extra``."""
         if self.status == "failed":
-            return failed_record(self.spec, self.error, trainer=self.trainer, device=self.device,
-                                 wall_s=self._wall, history=self.history)
+            record = failed_record(self.spec, self.error, trainer=self.trainer, device=self.device,
+                                   wall_s=self._wall, history=self.history)
+            record.protocol, record.clean_labels_used = self.options.protocol, self.clean_labels_used
+            return record
         extra: dict[str, object] = {"per_epoch": self.per_epoch, "meta_steps": self.meta_steps,
                                     "lookahead": dataclasses.asdict(self.method.lookahead)}
         if self.last_meta is not None:
             extra["meta_loss_last"] = self.last_meta.meta_loss
         extra.update(self.method.final_extra(self))
-        return self.history.to_record(self.spec, trainer=self.trainer, device=self.device, wall_s=self._wall,
-                                      status=self.status, error=self.error, extra=extra)
+        record = self.history.to_record(self.spec, trainer=self.trainer, device=self.device, wall_s=self._wall,
+                                        status=self.status, error=self.error, extra=extra)
+        record.protocol, record.clean_labels_used = self.options.protocol, self.clean_labels_used
+        return record
+
+    @property
+    def clean_labels_used(self) -> int:
+        """Clean labels this run consumed: the meta set's size (0 for a method that builds its own)."""
+        if not self.method.needs_clean_meta or self.data.y_meta is None:
+            return 0
+        return int(len(self.data.y_meta))
 
     def _train(self) -> Iterator[int]:
         budget = self.task.budget
         self.method.prepare(self)
         for epoch in range(budget.epochs):
             self.epoch = epoch
-            lr = lr_at(budget, self.optim_spec.lr, epoch)
+            lr = lr_at(budget, self.optim_spec.lr, epoch) * step_factor(
+                self.options.lr_milestones, self.options.lr_gamma, epoch, budget.epochs)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             plan = self.method.begin_epoch(self, epoch)
@@ -277,8 +308,11 @@ def check_meta_set(trainer: str, task: Task, data: TaskData, method: MetaMethod)
         )
 
 
-def prepare_data(task: Task, specs: list[LossSpec], data: TaskData | None, device: str) -> TaskData:
-    """Validate the task and specs like the standard trainer, materialise when needed, move to ``device``."""
+def prepare_data(task: Task, specs: list[LossSpec], data: TaskData | None, device: str,
+                 meta_source: str = "meta") -> TaskData:
+    """Validate the task and specs like the standard trainer, materialise when needed, move to ``device``.
+
+    ``meta_source="val"`` makes the clean validation split the meta set (`RunOptions`)."""
     validate_inputs(task, specs)
     resolve_optimizer(task.arch, task.budget)
     if data is None:
@@ -286,6 +320,8 @@ def prepare_data(task: Task, specs: list[LossSpec], data: TaskData | None, devic
 
         data = materialize(task)
     check_arch(task.arch, tuple(data.input_shape), data.num_classes)
+    if meta_source == "val":
+        data = dataclasses.replace(data, x_meta=data.x_val, y_meta=data.y_val)
     return data_on(data, device)
 
 
@@ -305,7 +341,7 @@ def fit_runs(
     specs, architecture, a missing meta set) raises ValueError before any training starts.
     """
     options = options or RunOptions()
-    data = prepare_data(task, specs, data, device)
+    data = prepare_data(task, specs, data, device, options.meta_source)
     for method in methods:
         check_meta_set(trainer, task, data, method)
     with deterministic_mode(options.deterministic, torch.device(device)):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -61,11 +62,10 @@ def test_gce_q_meta_gradient_matches_central_difference():
     assert float(method.values()["q"].detach()) == pytest.approx(0.6)
     got = method.meta_gradient(model, Batch(x, y, torch.arange(len(y))), xm, ym, 0.5)
 
-    def meta_loss(z: torch.Tensor) -> float:  # q = 1e-4 + (1 − 1e-4)·σ(z): the open bound pulled in
-        q = 1e-4 + (1 - 1e-4) * torch.sigmoid(z)
+    def meta_loss(q: torch.Tensor) -> float:  # ∂/∂q directly: Eq. 8 steps Λ itself
         return oracle(model, x, y, xm, ym, 0.5, lambda lo: gce_formula(lo, y, q))
 
-    fd = central_difference(meta_loss, method.raw["q"].detach())
+    fd = central_difference(meta_loss, torch.tensor(0.6, dtype=torch.float64))
     torch.testing.assert_close(got.grads[0], fd, rtol=1e-6, atol=1e-10)
     assert abs(float(fd)) > 1e-7
 
@@ -79,11 +79,11 @@ def test_polysoft_lambda_d_meta_gradient_matches_central_difference(head_only):
     method.init_meta_parameters(torch.float64, "cpu")
     got = method.meta_gradient(model, Batch(x, y, torch.arange(len(y))), xm, ym, 0.5)
     head_ids = {id(p) for p in model[-1].parameters()}
+    at = {"lam": torch.tensor(1.2, dtype=torch.float64), "d": torch.tensor(2.5, dtype=torch.float64)}
 
-    def meta_loss(z: torch.Tensor, which: str) -> float:
-        zl = z if which == "lam" else method.raw["lam"].detach()
-        zd = z if which == "d" else method.raw["d"].detach()
-        lam, d = 1e-4 + F.softplus(zl), 1 + 1e-4 + F.softplus(zd)
+    def meta_loss(v: torch.Tensor, which: str) -> float:
+        lam = v if which == "lam" else at["lam"]
+        d = v if which == "d" else at["d"]
         twin = copy.deepcopy(model)
         params = [p for p in twin.parameters() if not head_only or id(p) in {id(q) for q in twin[-1].parameters()}]
         for p in twin.parameters():
@@ -95,23 +95,55 @@ def test_polysoft_lambda_d_meta_gradient_matches_central_difference(head_only):
 
     assert head_ids
     for i, which in enumerate(["lam", "d"]):
-        fd = central_difference(lambda z: meta_loss(z, which), method.raw[which].detach())
+        fd = central_difference(lambda v: meta_loss(v, which), at[which])
         torch.testing.assert_close(got.grads[i], fd, rtol=1e-6, atol=1e-10)
 
 
-def test_values_stay_inside_range_for_extreme_raw_parameters():
-    method = AdaptiveLoss("_test_adaptive_poly", ["lam", "d"], {})
+@pytest.mark.parametrize("beta", [0.1, 0.01])
+def test_one_meta_step_changes_lambda_by_minus_beta_times_meta_gradient(beta):
+    """shu Eq. 8, float64: Λ_new − Λ = −β ∇Λ L_meta, ∇ from central differences of the look-ahead
+    (Eq. 9) written here, β the classifier's lr (run through the trainer hook, so the wiring is tested)."""
+    model = tiny_mlp(4)
+    x, y, xm, ym = tiny_batches(5)
+    method = AdaptiveLoss("_test_adaptive_gce", ["q"], {"q": 0.5})
     method.init_meta_parameters(torch.float64, "cpu")
-    with torch.no_grad():
-        method.raw["d"].fill_(-1e4)
-        method.raw["lam"].fill_(-1e4)
-    values = method.values()
-    assert float(values["d"].detach()) > 1.0 and float(values["lam"].detach()) > 0.0
+
+    def meta_loss(q: torch.Tensor) -> float:
+        return oracle(model, x, y, xm, ym, beta, lambda lo: gce_formula(lo, y, q))
+
+    grad = float(central_difference(meta_loss, torch.tensor(0.5, dtype=torch.float64)))
+    run = SimpleNamespace(model=model, optimizer=None)
+    method.meta_step(run, Batch(x, y, torch.arange(len(y))), xm, ym, beta)
+    moved = float(method.values()["q"].detach()) - 0.5
+    assert abs(grad) > 1e-4
+    assert moved == pytest.approx(-beta * grad, rel=1e-6)
+
+
+def test_meta_step_uses_meta_lr_when_given_and_projects_onto_the_bounds():
+    model = tiny_mlp(4)
+    x, y, xm, ym = tiny_batches(5)
+    batch = Batch(x, y, torch.arange(len(y)))
+    run = SimpleNamespace(model=model, optimizer=None)
+    method = AdaptiveLoss("_test_adaptive_gce", ["q"], {"q": 0.5}, meta_lr=2.0)
+    method.init_meta_parameters(torch.float64, "cpu")
+    grad = float(method.meta_gradient(model, batch, xm, ym, 0.1).grads[0])
+    method.meta_step(run, batch, xm, ym, 0.1)
+    assert float(method.values()["q"].detach()) - 0.5 == pytest.approx(-2.0 * grad, rel=1e-9)
+    huge = AdaptiveLoss("_test_adaptive_gce", ["q"], {"q": 0.5}, meta_lr=1e9)
+    huge.init_meta_parameters(torch.float64, "cpu")
+    huge.meta_step(run, batch, xm, ym, 0.1)
+    q = float(huge.values()["q"].detach())
+    assert q == (1.0 if grad < 0 else 1e-4)  # projected onto [1e-4, 1]: the open end pulled in by the margin
+
+
+def test_initial_value_outside_the_learnable_range_raises():
+    with pytest.raises(ValueError, match="outside the learnable range"):
+        AdaptiveLoss("_test_adaptive_poly", ["d"], {"d": 1.00001})
 
 
 def test_end_to_end_records_lambda_trajectory_and_moves_it():
     task, data = tiny_task(epochs=3), tiny_task_data()
-    trainer = AdaptiveTrainer(name="adaptive-test", family="_test_adaptive_gce", learned=("q",), meta_lr=50.0)
+    trainer = AdaptiveTrainer(name="adaptive-test", family="_test_adaptive_gce", learned=("q",), meta_lr=5.0)
     (record,) = trainer.fit(task, [], data=data)
     assert record.status == "ok", record.error
     assert record.trainer == "adaptive-test" and record.family == "_test_adaptive_gce"
