@@ -23,6 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from evoloss.results.parts import check_part, read_part
 from evoloss.results.schema import EVAL_SCHEMA, GENERATION_SCHEMA, rows_to_table
 
 _GEN_FILE = re.compile(r"^gen-(\d{6,})\.(parquet|json)$")
@@ -192,20 +193,38 @@ def atomic_write(path: Path, write: Any) -> None:
 
     The temp name starts with '.' and ends in '.tmp-<random>' (not '.parquet'), so readers of the
     folder (pandas, pyarrow.dataset) never see a half-written file.
+
+    Raises:
+        OSError: the write failed (disk full, read-only file system, permission, a file where a folder
+            should be); its message names ``path``, and nothing is left at ``path`` or beside it.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{_TMP_MARK}", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{_TMP_MARK}", dir=path.parent)
+    except OSError as exc:
+        raise write_error(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise write_error(path, exc) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def write_error(path: Path, exc: OSError) -> OSError:
+    """``exc`` as an OSError of the same kind whose message names ``path`` (``write()`` errors on a
+    file descriptor carry no file name of their own)."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    message = f"cannot write {str(path)!r}: {reason}"
+    return type(exc)(exc.errno, message) if exc.errno is not None else type(exc)(message)
 
 
 class ParquetStore(ResultStore):
@@ -283,13 +302,45 @@ class ParquetStore(ResultStore):
         self._write_table(self.generations_dir, generation, gen)  # 2nd: the generation row
 
     def _read_dir(self, directory: Path, schema: pa.Schema, complete_only: bool) -> pd.DataFrame:
+        """Every part of ``directory``, each checked against ``schema`` (`read_part`); a writing store
+        refuses parts of an older schema, a read-only one reads them."""
         keep = set(self.generations_done()) if complete_only else None
         tables = [
-            pq.read_table(directory / self._name(g, "parquet"), schema=schema)
+            read_part(directory / self._name(g, "parquet"), schema, allow_older=self.read_only)
             for g in self._listed(directory, "parquet")
             if keep is None or g in keep
         ]
         return _frame(tables, schema)
+
+    def check_parts(self, *, allow_older: bool = False) -> None:
+        """Check every Parquet part of the run against the schema (`check_part`'s errors)."""
+        for directory, schema in ((self.evaluations_dir, EVAL_SCHEMA), (self.generations_dir, GENERATION_SCHEMA)):
+            for g in self._listed(directory, "parquet"):
+                check_part(directory / self._name(g, "parquet"), schema, allow_older=allow_older)
+
+    def check_history(self) -> None:
+        """Every generation up to the last complete one is complete, and nothing lies beyond the next.
+
+        A missing part or state file (a gap) would make a resume skip or redo history silently.
+
+        Raises:
+            ValueError: naming the first missing file and the complete generation after it.
+        """
+        files = {(d, suffix): set(self._listed(d, suffix)) for d, suffix in
+                 ((self.evaluations_dir, "parquet"), (self.generations_dir, "parquet"), (self.state_dir, "json"))}
+        last = max(files[(self.state_dir, "json")], default=-1)
+        for g in range(last + 1):
+            for (directory, suffix), present in files.items():
+                if g not in present:
+                    raise ValueError(
+                        f"run {str(self.run_dir)!r} has a gap: {str(directory / self._name(g, suffix))!r} is missing "
+                        f"although generation {last} is complete; restore the file, or start a new run")
+        for (directory, suffix), present in files.items():
+            beyond = sorted(g for g in present if g > last + 1)
+            if beyond:
+                raise ValueError(
+                    f"run {str(self.run_dir)!r} has a gap: {str(directory / self._name(beyond[0], suffix))!r} exists "
+                    f"but generation {last + 1} is not complete; restore the missing files, or start a new run")
 
     def read(self, *, complete_only: bool = False) -> pd.DataFrame:
         return self._read_dir(self.evaluations_dir, EVAL_SCHEMA, complete_only)

@@ -14,6 +14,15 @@ at ``<temp>/session_<date>_<pid>/sockets/plasma_store`` and a unix socket path h
 which leaves `MAX_TEMP_DIR_LEN` characters for the temp dir. A longer (or no) path falls back to a
 fresh ``/tmp/evoloss-ray-<random>`` directory that is removed on exit.
 
+Ownership: ``start_ray(owner=TOKEN)`` puts ``EVOLOSS_RAY_OWNER=TOKEN`` into the environment the
+embedded node's processes start with (GCS, raylet, agents and every worker inherit it), and the
+caller records the token and the node's processes by pid and start time (`process_identities`).
+`owned_processes` finds exactly the processes carrying the token later (a SIGKILLed coordinator's
+leftovers, workers and agents started after the record included), never by a substring of a
+command line, so no other process, whatever its arguments, is ever signalled. ``ray.init`` replaces
+the SIGTERM handler of the driver; `start_ray` puts the caller's back, so a search stops at its own
+safe point.
+
 Joining (``address="host:port"``) connects to an existing cluster; its nodes chose their own
 addresses and temp dirs. Note (Ray 2.60, checked here): nodes started with a loopback
 ``--node-ip-address`` other than 127.0.0.1 (e.g. 127.0.0.2) connect over loopback but their gRPC
@@ -25,7 +34,9 @@ import contextlib
 import ipaddress
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +47,14 @@ import ray
 import psutil  # ships with ray (ray/thirdparty_files, on sys.path once ray is imported)
 from ray.exceptions import RayActorError, RayError, RayTaskError  # noqa: F401  (re-exported for search.dispatch)
 
+from evoloss.workers.user_code import user_runtime_env
+
 SOCKET_PATH_MAX = 107
 _SOCKET_SUFFIX = "/session_2026-01-01_00-00-00_000000_4194304/sockets/plasma_store.10"  # widest pid, a retry index
 MAX_TEMP_DIR_LEN = SOCKET_PATH_MAX - len(_SOCKET_SUFFIX)
 DEFAULT_AUTH_MODE = "disabled"
 _CLUSTER_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+OWNER_ENV = "EVOLOSS_RAY_OWNER"
 
 
 def tune_api() -> SimpleNamespace:
@@ -65,6 +79,7 @@ class RayRuntime:
     temp_dir_is_fallback: bool
     node_ips: tuple[str, ...]
     resources: dict[str, float]
+    session_name: str = ""  # Ray's session id (session_<date>_<time>_<pid>)
 
 
 @dataclass(frozen=True)
@@ -124,6 +139,7 @@ def start_ray(
     temp_dir: str | Path | None = None,
     python_paths: Sequence[str | Path] = (),
     log_to_driver: bool = False,
+    owner: str | None = None,
 ) -> Iterator[RayRuntime]:
     """Start an embedded Ray on 127.0.0.1 (``address=None``) or join the cluster at ``address``.
 
@@ -132,6 +148,7 @@ def start_ray(
         temp_dir: Ray's temp dir for the embedded node, e.g. ``runs/<id>/ray`` (see module docstring).
         python_paths: directories prepended to the workers' PYTHONPATH (e.g. where test trainers live).
         log_to_driver: stream worker stdout/stderr to this process (off: they stay in Ray's log files).
+        owner: a token every process of the embedded node carries in its environment (`OWNER_ENV`).
     Raises:
         ValueError: bad address or resource counts. RuntimeError: Ray already running in this process,
         or the embedded node is not on loopback.
@@ -146,14 +163,20 @@ def start_ray(
     if python_paths:
         paths = [str(Path(p).absolute()) for p in python_paths] + [os.environ.get("PYTHONPATH", "")]
         kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}}
+    shipped = user_runtime_env([temp_dir] if temp_dir else [])  # users' models/plug-ins (workers.user_code)
+    if shipped:
+        env = kwargs.get("runtime_env", {})
+        kwargs["runtime_env"] = {**shipped, "env_vars": {**shipped["env_vars"], **env.get("env_vars", {})}}
     tmp, fallback = ray_temp_dir(temp_dir) if embedded else (None, False)
     try:
-        with _ray_switches(embedded):
+        with _ray_switches(embedded, {OWNER_ENV: owner} if owner and embedded else {}):
             try:
-                if embedded:
-                    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, _temp_dir=str(tmp), **kwargs)
-                else:
-                    ray.init(address=address, **kwargs)
+                with _keep_sigterm_handler():
+                    if embedded:
+                        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, _temp_dir=str(tmp),
+                                 **kwargs)
+                    else:
+                        ray.init(address=address, **kwargs)
                 runtime = _describe(embedded, tmp, fallback)
                 if embedded:
                     _check_loopback(runtime)
@@ -166,11 +189,23 @@ def start_ray(
 
 
 @contextlib.contextmanager
-def _ray_switches(embedded: bool) -> Iterator[None]:
+def _keep_sigterm_handler() -> Iterator[None]:
+    """``ray.init`` installs a SIGTERM handler (``sys.exit``) in the driver: put the caller's back."""
+    main = threading.current_thread() is threading.main_thread()
+    saved = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if main and saved is not None:
+            signal.signal(signal.SIGTERM, saved)
+
+
+@contextlib.contextmanager
+def _ray_switches(embedded: bool, extra: dict[str, str] | None = None) -> Iterator[None]:
     """Set `ray_environment` (and Ray's already-loaded loopback constant) for the block; restore after."""
     from ray._private import ray_constants  # the constant Ray computed from the switch at import
 
-    env = ray_environment(embedded)
+    env = {**ray_environment(embedded), **(extra or {})}
     saved_env = {k: os.environ.get(k) for k in env}
     saved_switch = ray_constants.ENABLE_RAY_CLUSTER
     os.environ.update(env)
@@ -196,6 +231,7 @@ def _describe(embedded: bool, tmp: Path | None, fallback: bool) -> RayRuntime:
         temp_dir_is_fallback=fallback,
         node_ips=tuple(sorted(str(n["NodeManagerAddress"]) for n in nodes)),
         resources={k: float(v) for k, v in ray.cluster_resources().items()},
+        session_name=str(ray.get_runtime_context().get_session_name()),
     )
 
 
@@ -240,9 +276,46 @@ def listening_sockets(pids: Iterable[int]) -> list[ListeningSocket]:
     return found
 
 
+def process_identities(pids: Iterable[int]) -> list[tuple[int, float]]:
+    """``(pid, start time)`` of each live process of ``pids``: an identity a reused pid cannot fake."""
+    found = []
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            found.append((int(pid), float(psutil.Process(pid).create_time())))
+    return found
+
+
+def owned_processes(owner: str | None) -> list[psutil.Process]:
+    """Live processes whose environment carries ``OWNER_ENV=owner`` (the token `start_ray` gave the
+    node's processes when they started); never this process, never chosen by command line."""
+    if not owner:
+        return []
+    me = os.getpid()
+    found = []
+    for proc in psutil.process_iter():
+        if proc.pid == me:
+            continue
+        with contextlib.suppress(psutil.Error):
+            if proc.environ().get(OWNER_ENV) == owner:
+                found.append(proc)
+    return [p for p in found if _alive(p)]
+
+
+def stop_processes(procs: Sequence[psutil.Process], timeout_s: float = 15.0) -> list[psutil.Process]:
+    """SIGTERM ``procs``, then SIGKILL what is left after ``timeout_s``; returns ``procs``."""
+    for signal_all in (psutil.Process.terminate, psutil.Process.kill):
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                signal_all(proc)
+        if wait_until_gone(procs, timeout_s):
+            break
+    return list(procs)
+
+
 def processes_under(temp_dir: str | Path) -> list[psutil.Process]:
-    """Live processes whose command line names ``temp_dir`` (a node started with ``ray start
-    --temp-dir``), plus their descendants (agents, workers); never this process."""
+    """Live processes whose command line names ``temp_dir`` (a node started by hand with ``ray start
+    --temp-dir``), plus their descendants; never this process. For tests and scripts that started
+    such a node themselves: evoloss never reaps by this (see `owned_processes`)."""
     key, me = str(temp_dir), os.getpid()
     roots = []
     for proc in psutil.process_iter(["cmdline"]):
@@ -266,14 +339,7 @@ def stop_processes_under(temp_dir: str | Path, timeout_s: float = 15.0) -> list[
     """End the Ray node(s) started with ``--temp-dir`` inside ``temp_dir``, by pid (SIGTERM, then
     SIGKILL after ``timeout_s``). A scoped ``ray stop``: other Ray instances on the machine are left
     alone. Returns the processes it signalled."""
-    procs = processes_under(temp_dir)
-    for signal_all in (psutil.Process.terminate, psutil.Process.kill):
-        for proc in procs:
-            with contextlib.suppress(psutil.Error):
-                signal_all(proc)
-        if wait_until_gone(procs, timeout_s):
-            break
-    return procs
+    return stop_processes(processes_under(temp_dir), timeout_s)
 
 
 def wait_until_gone(procs: Sequence[psutil.Process], timeout_s: float) -> bool:
@@ -290,15 +356,19 @@ __all__ = [
     "DEFAULT_AUTH_MODE",
     "ListeningSocket",
     "MAX_TEMP_DIR_LEN",
+    "OWNER_ENV",
     "RayRuntime",
     "check_address",
     "embedded_ray_pids",
     "is_loopback",
     "listening_sockets",
+    "owned_processes",
+    "process_identities",
     "processes_under",
     "ray_environment",
     "ray_temp_dir",
     "start_ray",
+    "stop_processes",
     "stop_processes_under",
     "wait_until_gone",
 ]

@@ -26,6 +26,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override a key of the quick compare config, e.g. --compare-set train.epochs=5")
 
 
+def _grid_line(config) -> str:
+    """What the search trains on and how it scores, in a few words (for the first progress line)."""
+    g, s = config.grid, config.search
+    tasks = f"{g.subset_size} tasks per generation" if g.subset_size else "every task"
+    agg = "mean" if g.aggregate == "mean" else f"q{g.quantile:g}"
+    halving = f", successive halving {s.low_fidelity:g}/{s.finish_share:g}" if s.low_fidelity is not None else ""
+    return (f"{len(g.datasets)} datasets x {len(g.archs)} archs x {len(g.noise)} noise types, {tasks}, "
+            f"fitness {g.fitness}/{agg}{halving}")
+
+
 def run(args: argparse.Namespace) -> int:
     from evoloss.search import api
     from evoloss.search.commands.compare import print_summary as print_compare
@@ -45,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = api.resolve_search_config("quick", dict(parse_override(s) for s in args.set))
         print(f"[1/3] search: {config.search.family} loss, popsize {config.search.popsize}, "
-              f"{config.search.generations} generations -> {search_run}")
+              f"{config.search.generations} generations, {_grid_line(config)} -> {search_run}")
         result = api.search(config, out=search_run, address=args.address, progress=progress)
     print_search(result.summary, search_run)
 

@@ -20,6 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="where dataset files live (default: $EVOLOSS_DATA_DIR or ~/.cache/evoloss)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set search.generations=3 (repeatable)")
+    p.add_argument("--allow-version-change", action="store_true",
+                   help="with --resume: continue a run written with another evoloss or torch version "
+                        "(recorded in the new rows' version_change column)")
 
 
 def api_arguments(args: argparse.Namespace) -> dict:
@@ -58,7 +61,10 @@ def run(args: argparse.Namespace) -> int:
     from evoloss.search.config_fields import ConfigError
 
     try:
-        result = api.search(address=args.address, progress=api.stderr_progress(), **api_arguments(args))
+        if args.allow_version_change and args.resume is None:
+            raise ValueError("--allow-version-change applies to --resume only (a new run has no earlier version)")
+        result = api.search(address=args.address, progress=api.stderr_progress(),
+                            allow_version_change=args.allow_version_change, **api_arguments(args))
     except ConfigError as exc:
         if exc.key == "out" and args.resume is None:  # the run exists: say how to continue it
             raise ValueError(f"{exc}; evoloss search --resume {exc.value} continues it") from None
