@@ -9,7 +9,10 @@ The public API (each name loads its module on first use, so ``import evoloss`` i
     cmp = evoloss.compare("quick", out="runs/c", overrides={"methods.evolved.run_dir": str(run.run_dir)})
     evoloss.report(cmp)                                   # -> runs/c/report/report.md
 
-Extension points: `register_dataset`, `register_arch`, `register_loss_family`, `register_trainer`.
+Extension points: `register_dataset`, `register_arch`, `register_loss_family` (with `Param`),
+`register_trainer`, and `load_plugins(["my_losses"])`: modules of yours imported here and in every Ray
+worker (docs/data.md). Datasets from files (``npz:PATH`` ...) and model factories (``MODULE:FUNCTION``)
+are named in configs.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ __all__ = [
     "CompareResult",
     "ConfigError",
     "LossSpec",
+    "Param",
     "SearchConfig",
     "SearchResult",
     "compare",
@@ -28,6 +32,7 @@ __all__ = [
     "export",
     "export_plugin",
     "load_loss",
+    "load_plugins",
     "register_arch",
     "register_dataset",
     "register_loss_family",
@@ -52,6 +57,8 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "load_loss": ("evoloss.losses", "load_loss"),
     "export_plugin": ("evoloss.losses", "export_plugin"),
     "register_loss_family": ("evoloss.losses.registry", "register_family"),
+    "Param": ("evoloss.losses.registry", "Param"),
+    "load_plugins": ("evoloss.workers.user_code", "load_plugins"),
     "register_dataset": ("evoloss.workers.datasets.registry", "register_dataset"),
     "register_arch": ("evoloss.workers.archs", "register_arch"),
     "register_trainer": ("evoloss.workers.trainer", "register_trainer"),

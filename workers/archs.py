@@ -5,6 +5,11 @@ Every model maps ``x[N, *input_shape]`` to logits ``[N, num_classes]``. Three ki
 size >= 1×1: max-pools use ``ceil_mode`` and every head pools adaptively, so 8×8 digits work) and
 ``sequence`` (``[C, L]`` or ``[L]`` read as one channel: mnist1d's ``[1, 40]``).
 
+Users' models: a name ``MODULE:FUNCTION`` (e.g. ``my_models:make_net``) is a factory
+``FUNCTION(input_shape, num_classes) -> nn.Module`` in an importable module or in the working
+directory (`workers.user_code`); it is registered on first use with input kind ``any`` (the factory
+decides what it accepts) and initialised under the seed like every built-in architecture.
+
 Initialisation is PyTorch's default under ``seed``: ``create_arch(..., seed=s)`` equals
 ``torch.manual_seed(s)`` followed by building the module, and leaves the global RNG untouched, so a
 network's initial weights depend on the seed alone (the population trainer relies on this).
@@ -30,6 +35,7 @@ INPUT_KINDS = {
     "flat": "any shape (flattened)",
     "image": "images [C, H, W]",
     "sequence": "sequences [C, L] or [L]",
+    "any": "whatever the user's factory accepts",
 }
 
 
@@ -65,12 +71,21 @@ def register_arch(name: str, *, inputs: str) -> Callable[[Builder], Builder]:
 
 
 def list_archs(pattern: str = "*") -> list[str]:
-    """Registered architecture names matching the glob ``pattern``, sorted."""
-    return sorted(n for n in _ARCHS if fnmatch.fnmatch(n, pattern))
+    """Registered architecture names matching the glob ``pattern``, sorted (users' factories left out)."""
+    return sorted(n for n in _ARCHS if fnmatch.fnmatch(n, pattern) and ":" not in n)
 
 
 def get_arch(name: str) -> ArchInfo:
-    """The registered architecture ``name``; an unknown name raises ValueError with close matches."""
+    """The registered architecture ``name``; an unknown name raises ValueError with close matches.
+
+    ``MODULE:FUNCTION`` names a user's factory: imported and registered here on first use.
+    """
+    if isinstance(name, str) and ":" in name:
+        from evoloss.workers.user_code import resolve_factory  # (re)records the module for shipping to Ray
+
+        factory = resolve_factory(name)
+        if name not in _ARCHS:
+            _ARCHS[name] = ArchInfo(name, _checked_factory(name, factory), "any", "a user's model factory")
     if not isinstance(name, str) or name not in _ARCHS:
         close = difflib.get_close_matches(str(name), list(_ARCHS), n=3)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
@@ -123,6 +138,35 @@ def create_arch(name: str, input_shape: Shape, num_classes: int, *, seed: int | 
         return build(shape, num_classes)
 
 
+def _checked_factory(name: str, factory: Callable[..., object]) -> Builder:
+    """A builder that calls the user's factory and checks that it returned an ``nn.Module``."""
+
+    def build(shape: Shape, num_classes: int) -> nn.Module:
+        model = factory(tuple(shape), int(num_classes))
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"architecture {name!r} returned {type(model).__name__}, not a torch.nn.Module")
+        return model
+
+    build.__name__ = build.__qualname__ = name.replace(":", "_").replace(".", "_")
+    return build
+
+
+def check_user_model(name: str, input_shape: Shape, num_classes: int) -> None:
+    """Build a user's factory (seed 0) and run two zero rows through it in eval mode: the logits must be
+    ``[2, num_classes]``. Raises ValueError naming the factory and what came out."""
+    try:
+        model = create_arch(name, input_shape, num_classes, seed=0).eval()
+        with torch.no_grad():
+            out = model(torch.zeros(2, *input_shape))
+    except Exception as exc:
+        raise ValueError(f"architecture {name!r} fails on inputs [N, {', '.join(map(str, input_shape))}] with "
+                         f"{num_classes} classes: {type(exc).__name__}: {exc}") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"architecture {name!r} must map [N, *input_shape] to logits [N, {num_classes}]; "
+                         f"got {got} for N=2")
+
+
 def _normalise_shape(input_shape: Shape) -> Shape:
     if not isinstance(input_shape, (tuple, list, torch.Size)) or len(input_shape) == 0:
         raise ValueError(f"input_shape={input_shape!r} must be a tuple with at least one dimension, e.g. (1, 28, 28)")
@@ -134,7 +178,7 @@ def _normalise_shape(input_shape: Shape) -> Shape:
 
 
 def _accepts(kind: str, shape: Shape) -> bool:
-    return {"flat": True, "image": len(shape) == 3, "sequence": len(shape) in (1, 2)}[kind]
+    return {"flat": True, "image": len(shape) == 3, "sequence": len(shape) in (1, 2), "any": True}[kind]
 
 
 def _flat_size(shape: Shape) -> int:

@@ -40,6 +40,7 @@ DEFAULT_TRAINER_MODULES = (
     "evoloss.workers.meta.l2b",
     "evoloss.workers.meta.dynamic",
     "evoloss.workers.meta.mwnet",
+    "evoloss.workers.cleanlab_method",
 )
 """Modules whose import registers the built-in trainers; an absent one is skipped and reported."""
 

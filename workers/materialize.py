@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 from evoloss.workers.datasets import RawDataset, get_dataset_entry, load_dataset
+from evoloss.workers.file_splits import dataset_splits
 from evoloss.workers.noise import SEMANTIC_MAPS, NoisyLabels, apply_noise, validate_noise_spec
-from evoloss.workers.splits import SplitIndices, make_splits
+from evoloss.workers.splits import SplitIndices
 from evoloss.workers.task import Splits, Task, TaskData
 
 NOISE_SEED_OFFSET = 7_919  # keeps the noise streams apart from the split stream of the same seed
@@ -35,9 +36,7 @@ def materialize(task: Task) -> TaskData:
     model = validate_noise_spec(task.noise)
     raw = load_dataset(task.dataset, task.data_dir)
     imbalance = float(task.noise.imbalance) if task.noise.kind == "longtail" else 1.0
-    official = None if raw.x_test is None else len(raw.x_test)
-    idx = make_splits(raw.y_train.numpy(), raw.num_classes, task.splits, seed=task.seed,
-                      official_test_size=official, imbalance=imbalance)
+    idx = dataset_splits(raw, task.splits, seed=task.seed, imbalance=imbalance)  # make_splits, or a file's clean set
     class_map = _class_map(task.dataset) if model is not None and model.needs_class_map else None
     y_pool = raw.y_train.numpy()
     train_counts = np.bincount(y_pool[idx.train], minlength=raw.num_classes)
@@ -46,6 +45,7 @@ def materialize(task: Task) -> TaskData:
     x_test, y_test = _test_tensors(raw, idx)
     has_meta = len(idx.meta) > 0
     has_noisy_val = task.splits.noisy_val > 0
+    unknown = task.noise.kind == "given" and not raw.clean_known  # the file has no clean labels of its training rows
     return TaskData(
         x_train=_rows(raw.x_train, idx.train),
         y_train=torch.from_numpy(train_noise.labels),
@@ -60,10 +60,11 @@ def materialize(task: Task) -> TaskData:
         y_meta=_rows(raw.y_train, idx.meta) if has_meta else None,
         x_noisy_val=_rows(raw.x_train, idx.noisy_val) if has_noisy_val else None,
         y_noisy_val=torch.from_numpy(noisy_val.labels) if has_noisy_val else None,
-        noise_rate=train_noise.noise_rate,
-        transition=train_noise.transition,
+        noise_rate=float("nan") if unknown else train_noise.noise_rate,
+        transition=None if unknown else train_noise.transition,
         noise_convention=train_noise.convention,
-        info=_info(task, raw, idx, train_noise, noisy_val),
+        info={**_info(task, raw, idx, train_noise, noisy_val), "clean_labels_known": not unknown,
+              **({"noise_rate_realised": None} if unknown else {})},
     )
 
 
@@ -74,9 +75,10 @@ def _noisy(task: Task, raw: RawDataset, rows: np.ndarray, *, stream: int, class_
     features = None
     if model is not None and model.needs_features and len(rows):
         features = raw.x_train[torch.from_numpy(rows)].reshape(len(rows), -1).numpy()
+    given = None if raw.y_given is None else raw.y_given.numpy()[rows]  # noise type "given"
     return apply_noise(task.noise, raw.y_train.numpy()[rows], num_classes=raw.num_classes,
                        seed=task.seed + NOISE_SEED_OFFSET, stream=stream, features=features,
-                       class_map=class_map, class_counts=class_counts)
+                       class_map=class_map, class_counts=class_counts, given_labels=given)
 
 
 def _class_map(dataset: str) -> dict[int, int]:

@@ -34,7 +34,8 @@ def standardised(pixels: np.ndarray) -> np.ndarray:
 
 
 def test_every_dataset_is_registered_with_its_semantic_map() -> None:
-    assert ds.list_datasets() == sorted(FILE_BACKED + ["digits", "mnist1d", "synthetic"])
+    users_files = ["npz", "table", "folder", "cifar10n", "cifar100n"]  # tests/workers/test_user_data.py
+    assert ds.list_datasets() == sorted(FILE_BACKED + users_files + ["digits", "mnist1d", "synthetic"])
     maps = {n: ds.get_dataset_entry(n).semantic_map for n in ds.list_datasets()}
     assert {n for n, m in maps.items() if m == "digits10"} == {"digits", "mnist", "mnist1d", "usps"}
     assert maps["cifar10"] == "cifar10" and maps["fashion_mnist"] is maps["kmnist"] is maps["cifar100"] is None

@@ -42,9 +42,20 @@ class RawDataset:
     input_shape: tuple[int, ...]
     name: str
     options: Mapping[str, Any] = field(default_factory=dict)
+    # Datasets from users' files (workers/datasets/files.py): the training labels as the file gives
+    # them (possibly noisy; what noise type "given" trains on), whether ``y_train`` holds known clean
+    # labels, and how many trailing rows of the pool are a trusted clean set (``x_val``/``y_val`` of
+    # the file) that may only go to the clean val / meta / test splits (workers/file_splits.py).
+    y_given: torch.Tensor | None = None
+    clean_known: bool = True
+    clean_pool: int = 0
 
     def __post_init__(self) -> None:
         """Check dtypes, shapes and label ranges of both splits."""
+        if self.y_given is not None and (self.y_given.dtype != torch.int64 or self.y_given.shape != self.y_train.shape):
+            raise ValueError(f"dataset {self.name!r}: y_given must be int64 labels like y_train")
+        if not 0 <= self.clean_pool < len(self.y_train):
+            raise ValueError(f"dataset {self.name!r}: clean_pool={self.clean_pool} must leave training rows")
         pairs = [("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)]
         for split, x, y in pairs:
             if (x is None) != (y is None):
@@ -68,7 +79,7 @@ class RawDataset:
 class DatasetOption:
     """One option of a parametrised dataset name: its type, default and inclusive valid range."""
 
-    kind: type  # int | float
+    kind: type  # int | float | str (str: options of file-backed names, e.g. table's label column)
     default: int | float
     low: float = -math.inf
     high: float = math.inf
@@ -86,6 +97,10 @@ class DatasetOption:
 
     def check(self, dataset: str, key: str, value: int | float) -> int | float:
         """Range-check one option value (TypeError for a wrong type)."""
+        if self.kind is str:
+            if not isinstance(value, str) or not value.strip():
+                raise TypeError(f"dataset {dataset!r}: option {key} must be a non-empty text, got {value!r}")
+            return value.strip()
         wrong_int = self.kind is int and not isinstance(value, (int, np.integer))
         if isinstance(value, bool) or wrong_int or not isinstance(value, (int, float, np.integer, np.floating)):
             raise TypeError(f"dataset {dataset!r}: option {key} must be a {self.kind.__name__}, got {value!r}")
@@ -108,6 +123,7 @@ class DatasetEntry:
     options: Mapping[str, DatasetOption]
     semantic_map: str | None  # key of workers.noise.SEMANTIC_MAPS, or None
     doc: str
+    takes_path: bool = False  # the name is ``base:PATH[,key=value...]`` (a user's file or folder)
 
 
 _DATASETS: dict[str, DatasetEntry] = {}
@@ -119,10 +135,13 @@ def register_dataset(
     *,
     options: Mapping[str, DatasetOption] | None = None,
     semantic_map: str | None = None,
+    takes_path: bool = False,
 ) -> Callable[[Loader], Loader]:
     """Decorator: register ``loader(root, options) -> RawDataset`` as dataset ``name``.
 
     ``semantic_map`` names the class map of ``asymmetric/semantic`` noise for this dataset.
+    ``takes_path``: the dataset is named ``name:PATH[,key=value...]``; PATH (relative to the working
+    directory) is resolved to an absolute path and handed to the loader as ``options["path"]``.
 
     Raises:
         ValueError: ``name`` is already registered or is not a lower-case identifier.
@@ -135,7 +154,7 @@ def register_dataset(
         if name in _DATASETS:
             raise ValueError(f"dataset {name!r} is already registered (by {_DATASETS[name].loader.__module__})")
         doc = (loader.__doc__ or "").strip()
-        _DATASETS[name] = DatasetEntry(name, loader, dict(options or {}), semantic_map, doc)
+        _DATASETS[name] = DatasetEntry(name, loader, dict(options or {}), semantic_map, doc, takes_path)
         return loader
 
     return deco
@@ -159,9 +178,13 @@ def get_dataset_entry(name: str) -> DatasetEntry:
 
 
 def parse_dataset_name(name: str) -> tuple[DatasetEntry, dict[str, int | float]]:
-    """Split ``base:key=value,...`` into the registry entry and the full option dict (defaults filled)."""
+    """Split ``base:key=value,...`` into the registry entry and the full option dict (defaults filled;
+    a file-backed name's absolute path under ``"path"``)."""
     entry, given = _parse_given(name)
-    return entry, {k: given.get(k, opt.default) for k, opt in entry.options.items()}
+    options = {k: given.get(k, opt.default) for k, opt in entry.options.items()}
+    if entry.takes_path:
+        options["path"] = given["path"]
+    return entry, options
 
 
 def canonical_name(name: str) -> str:
@@ -173,6 +196,8 @@ def _parse_given(name: str) -> tuple[DatasetEntry, dict[str, int | float]]:
     """The registry entry and the options the name itself sets (strictly parsed)."""
     entry = get_dataset_entry(name)
     given: dict[str, int | float] = {}
+    if entry.takes_path:
+        return entry, _parse_path_name(entry, name)
     if ":" not in name:
         return entry, given
     if not entry.options:
@@ -191,11 +216,51 @@ def _parse_given(name: str) -> tuple[DatasetEntry, dict[str, int | float]]:
     return entry, given
 
 
+def _parse_path_name(entry: DatasetEntry, name: str) -> dict[str, Any]:
+    """``base:PATH[,key=value...]``: the absolute PATH (relative ones against the working directory)
+    and the trailing options (declared keys only; strictly parsed)."""
+    rest = name.split(":", 1)[1] if ":" in name else ""
+    pieces = rest.split(",")
+    given: dict[str, Any] = {}
+    while len(pieces) > 1 and "=" in pieces[-1]:
+        key, _, value = (part.strip() for part in pieces.pop().partition("="))
+        if key not in entry.options:
+            close = difflib.get_close_matches(key, list(entry.options), n=3)
+            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+            valid = ", ".join(entry.options) or "none"
+            raise ValueError(f"dataset {name!r}: unknown option {key!r}.{hint} Valid options: {valid}")
+        if key in given:
+            raise ValueError(f"dataset {name!r}: option {key!r} is given twice")
+        given[key] = entry.options[key].parse(entry.name, key, value)
+    path = ",".join(pieces).strip()
+    if not path:
+        raise ValueError(f"dataset {name!r} needs a path: write {entry.name}:PATH (relative to the working directory)")
+    given["path"] = str(Path(path).expanduser().resolve())
+    return given
+
+
 def _canonical(entry: DatasetEntry, options: Mapping[str, int | float]) -> str:
-    """``base:k=v,...`` with every option, keys sorted."""
+    """``base:k=v,...`` with every option, keys sorted (file-backed: ``base:/abs/path,k=v,...``)."""
+    if entry.takes_path:
+        rest = [f"{k}={options[k]}" for k in sorted(options) if k != "path"]
+        return f"{entry.name}:" + ",".join([str(options["path"]), *rest])
     if not options:
         return entry.name
     return entry.name + ":" + ",".join(f"{k}={options[k]!r}" for k in sorted(options))
+
+
+def validate_dataset_name(name: str, data_dir: str | os.PathLike | None = None) -> str:
+    """The canonical name of dataset ``name``; a file-backed one (``npz:PATH`` ...) is also read and
+    checked now, so a malformed file is refused before anything runs (config resolution calls this).
+
+    Raises:
+        ValueError / TypeError / FileNotFoundError: unknown dataset, bad options, or a missing or
+            malformed file (naming the file, the field and the fix).
+    """
+    entry, options = parse_dataset_name(name)
+    if entry.takes_path:
+        load_dataset(name, data_dir)
+    return _canonical(entry, options)
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
@@ -227,9 +292,11 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, seed: int
             raise ValueError(f"dataset {name!r} sets seed={given['seed']} but load_dataset got seed={seed}; give one")
         given["seed"] = entry.options["seed"].check(entry.name, "seed", seed)
     options = {k: given.get(k, opt.default) for k, opt in entry.options.items()}
+    if entry.takes_path:
+        options["path"] = given["path"]
     canonical = _canonical(entry, options)
     root = resolve_data_dir(data_dir)
-    key = (canonical, str(root))
+    key = (canonical, str(root)) if not entry.takes_path else (canonical, str(root), _file_stamp(options["path"]))
     if key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key]
@@ -240,6 +307,15 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, seed: int
     while len(_CACHE) > CACHE_SIZE:
         _CACHE.popitem(last=False)
     return raw
+
+
+def _file_stamp(path: str) -> str:
+    """Size and modification time of a dataset file (a changed file is read again, not served from cache)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing"
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def clear_dataset_cache() -> None:
