@@ -12,7 +12,13 @@ with three modes:
   tasks for every candidate of a generation, so candidates stay comparable; a fresh subset each
   generation, a pure function of (subset_seed, generation), so a resumed run draws the same ones).
 
-Fitness (`fitness_from_rows`): per candidate, the mean over its tasks of the metric chosen by
+A dataset × architecture pair that cannot work (``cnn1d`` takes sequences, ``digits`` are images) is
+known from the registries before anything trains (`incompatible_pairs`: the dataset's input shape
+from its loader, the architecture's accepted inputs from `workers.archs.check_arch`): the config
+refuses it, listing the pairs that fit, or (``grid.incompatible = "leave-out"``) the product skips
+it and the search says so in one line (`left_out_line`).
+
+Fitness (`fitness_from_rows`, the default rule of `search.fitness`): per candidate, the mean over its tasks of the metric chosen by
 ``metric_rule`` (``last`` → ``val_acc_last``, gao-arl's "at convergence"; ``best`` →
 ``val_acc_best``). Which rows count (our choice, the paper has no failures):
 
@@ -33,19 +39,12 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from evoloss.search.config import SearchConfig
+from evoloss.search.fitness import METRIC_COLUMNS, metric_column, row_score
 from evoloss.workers.task import Budget, NoiseSpec, Splits, Task
 
 MODES = ("ar", "dr", "ardr")
-METRIC_COLUMNS = {"last": "val_acc_last", "best": "val_acc_best"}
-_COUNTED = ("ok", "diverged")
-_LEFT_OUT = ("failed", "timeout")
-
-
-def metric_column(metric_rule: str) -> str:
-    """The evaluation column a fitness reads for ``metric_rule`` ("last" | "best")."""
-    if metric_rule not in METRIC_COLUMNS:
-        raise ValueError(f"metric_rule={metric_rule!r} is not one of {tuple(METRIC_COLUMNS)}")
-    return METRIC_COLUMNS[metric_rule]
+__all__ = ["METRIC_COLUMNS", "MODES", "TaskGrid", "fitness_from_rows", "grid_from_config", "incompatible_pairs",
+           "left_out_line", "metric_column"]
 
 
 def _names(field_name: str, values: Any) -> tuple[str, ...]:
@@ -63,7 +62,8 @@ class TaskGrid:
     """architectures × datasets × noise settings × seeds, each a `workers.task.Task`.
 
     Every task shares ``budget``, ``splits`` and ``data_dir``. ``subset_size`` None (or equal to the
-    grid size) evaluates every task each generation.
+    grid size) evaluates every task each generation. ``left_out`` lists ``(dataset, arch)`` pairs the
+    product skips (pairs that cannot work, `incompatible_pairs`).
     """
 
     datasets: tuple[str, ...]
@@ -77,6 +77,7 @@ class TaskGrid:
     budget: Budget = field(default_factory=Budget)
     splits: Splits = field(default_factory=Splits)
     data_dir: str | None = None
+    left_out: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -93,7 +94,13 @@ class TaskGrid:
             raise ValueError(f"TaskGrid.seeds must be distinct non-negative ints, got {self.seeds!r}")
         set_(self, "seeds", tuple(self.seeds))
         self._check_mode()
-        n = len(self.archs) * len(self.datasets) * len(self.noises) * len(self.seeds)
+        set_(self, "left_out", tuple((str(d), str(a)) for d, a in self.left_out))
+        unknown = [p for p in self.left_out if p[0] not in self.datasets or p[1] not in self.archs]
+        if unknown:
+            raise ValueError(f"TaskGrid.left_out names pairs outside the grid: {unknown}")
+        n = len(self)
+        if n == 0:
+            raise ValueError(f"TaskGrid.left_out={list(self.left_out)} leaves no dataset x architecture pair")
         k = self.subset_size
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n):
             raise ValueError(f"TaskGrid.subset_size must be None or an int in [1, {n}] (the grid size), got {k!r}")
@@ -114,13 +121,16 @@ class TaskGrid:
             )
 
     def __len__(self) -> int:
-        return len(self.archs) * len(self.datasets) * len(self.noises) * len(self.seeds)
+        pairs = len(self.archs) * len(self.datasets) - len(set(self.left_out))
+        return pairs * len(self.noises) * len(self.seeds)
 
     def tasks(self) -> list[Task]:
-        """Every task of the grid, ordered by architecture, dataset, noise, seed."""
+        """Every task of the grid, ordered by architecture, dataset, noise, seed (left-out pairs skipped)."""
+        skip = set(self.left_out)
         return [
             Task(dataset=d, arch=a, noise=n, budget=self.budget, splits=self.splits, seed=s, data_dir=self.data_dir)
             for a, d, n, s in itertools.product(self.archs, self.datasets, self.noises, self.seeds)
+            if (d, a) not in skip
         ]
 
     def tasks_for_generation(self, generation: int) -> list[Task]:
@@ -139,26 +149,11 @@ class TaskGrid:
         return [t.key() for t in self.tasks_for_generation(generation)]
 
 
-def _row_score(row: Mapping[str, Any], column: str, index: int) -> float | None:
-    """The row's contribution to its candidate's fitness, or None when it is left out."""
-    status = row["status"]
-    if status in _LEFT_OUT:
-        return None
-    if status not in _COUNTED:
-        raise ValueError(f"rows[{index}]['status']={status!r} is not one of {_COUNTED + _LEFT_OUT}")
-    value = row[column]
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"rows[{index}][{column!r}]={value!r} must be a number (NaN allowed)")
-    value = float(value)
-    if math.isfinite(value):
-        return value
-    return 0.0 if status == "diverged" else None
-
-
 def fitness_from_rows(
     rows: Iterable[Mapping[str, Any]] | Any, metric_rule: str, candidates: Iterable[int] | None = None
 ) -> dict[int, float]:
-    """Fitness per candidate: the mean of its counted rows' metric (rules in the module docstring).
+    """Fitness per candidate: the mean of its counted rows' metric (gao-arl Eq. 2; `search.fitness`
+    has the counting rules and the other fitness rules).
 
     Args:
         rows: evaluation rows (dicts with ``candidate``, ``status`` and the metric column), or a
@@ -170,18 +165,57 @@ def fitness_from_rows(
         ``{candidate: fitness}``, NaN where nothing counted, sorted by candidate.
     """
     column = metric_column(metric_rule)
-    if hasattr(rows, "to_dict") and not isinstance(rows, Mapping):
-        rows = rows.to_dict("records")
+    records = rows.to_dict("records") if hasattr(rows, "to_dict") and not isinstance(rows, Mapping) else rows
     scores: dict[int, list[float]] = {int(c): [] for c in (() if candidates is None else candidates)}
-    for i, row in enumerate(rows):
+    for i, row in enumerate(records):
         missing = [k for k in ("candidate", "status", column) if k not in row]
         if missing:
             raise ValueError(f"rows[{i}] lacks {missing}; pass evaluation rows (results.schema)")
-        score = _row_score(row, column, i)
+        score = row_score(row, column, i)
         bucket = scores.setdefault(int(row["candidate"]), [])
         if score is not None:
             bucket.append(score)
     return {c: (float(np.mean(v)) if v else math.nan) for c, v in sorted(scores.items())}
+
+
+# --- which dataset × architecture pairs can work, known before anything trains -----------------------
+def dataset_input(dataset: str, data_dir: str | None) -> tuple[tuple[int, ...], int] | None:
+    """(input shape, classes) of ``dataset`` from its loader (cached per process), or None when its
+    files are absent here (a file-backed dataset on another machine: checked when tasks materialise)."""
+    from evoloss.workers.datasets import load_dataset
+
+    try:
+        raw = load_dataset(dataset, data_dir)
+    except FileNotFoundError:
+        return None
+    return tuple(raw.input_shape), int(raw.num_classes)
+
+
+def incompatible_pairs(datasets: Iterable[str], archs: Iterable[str],
+                       data_dir: str | None = None) -> list[tuple[str, str, str]]:
+    """``(dataset, arch, reason)`` for every pair whose architecture cannot take the dataset's inputs
+    (`workers.archs.check_arch`, e.g. ``cnn1d`` on ``digits`` images), in grid order."""
+    from evoloss.workers.archs import check_arch
+
+    shapes = {d: dataset_input(d, data_dir) for d in datasets}
+    bad = []
+    for a in archs:
+        for d in shapes:
+            if shapes[d] is None:
+                continue
+            try:
+                check_arch(a, shapes[d][0], shapes[d][1])
+            except ValueError as exc:
+                bad.append((d, a, str(exc)))
+    return bad
+
+
+def left_out_line(left_out: Iterable[tuple[str, str]]) -> str:
+    """The one line a search prints about the pairs it leaves out of its product ("" when none)."""
+    pairs = [f"{a} on {d}" for d, a in left_out]
+    if not pairs:
+        return ""
+    return f"grid: left out {len(pairs)} dataset x architecture pair(s) that cannot work: {', '.join(pairs)}\n"
 
 
 def _split_size(value: float) -> float | int:
@@ -198,8 +232,11 @@ def grid_from_config(config: SearchConfig) -> TaskGrid:
     )
     splits = Splits(val=_split_size(train.val), test=_split_size(train.test), max_train=train.max_train)
     noises = tuple(n.to_spec() for n in grid.noise)
+    left_out: tuple[tuple[str, str], ...] = ()
+    if grid.incompatible == "leave-out":
+        left_out = tuple((d, a) for d, a, _ in incompatible_pairs(grid.datasets, grid.archs, grid.data_dir))
     return TaskGrid(
         datasets=grid.datasets, archs=grid.archs, noises=noises, seeds=grid.seeds, mode=grid.mode,
         subset_size=grid.subset_size, subset_seed=config.search.seed, metric_rule=grid.metric_rule,
-        budget=budget, splits=splits, data_dir=grid.data_dir,
+        budget=budget, splits=splits, data_dir=grid.data_dir, left_out=left_out,
     )

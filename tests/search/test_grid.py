@@ -106,3 +106,46 @@ def test_fitness_accepts_a_dataframe_and_rejects_bad_rows() -> None:
         fitness_from_rows([row(0, last="0.5")], "last")
     with pytest.raises(ValueError, match="metric_rule"):
         fitness_from_rows([row(0)], "median")
+
+
+VEC = "synthetic:n=200,c=3,d=6"  # vectors [6]: every MLP and cnn1d (as a sequence) fit, cnn4 does not
+
+
+def test_incompatible_pairs_come_from_the_registries() -> None:
+    from evoloss.search.grid import incompatible_pairs
+
+    bad = incompatible_pairs(("digits", VEC), ("mlp2", "cnn1d", "cnn4"))
+    assert [(d, a) for d, a, _ in bad] == [("digits", "cnn1d"), (VEC, "cnn4")]
+    assert "sequences" in bad[0][2] and "images" in bad[1][2]
+
+
+def test_left_out_pairs_leave_the_product_and_are_said_in_one_line() -> None:
+    from evoloss.search.grid import left_out_line
+
+    grid = TaskGrid(datasets=("digits", VEC), archs=("mlp2", "cnn1d"), seeds=(0, 1), left_out=(("digits", "cnn1d"),))
+    assert len(grid) == len(grid.tasks()) == 3 * 2
+    assert ("digits", "cnn1d") not in {(t.dataset, t.arch) for t in grid.tasks()}
+    line = left_out_line(grid.left_out)
+    assert line == "grid: left out 1 dataset x architecture pair(s) that cannot work: cnn1d on digits\n"
+    assert left_out_line(()) == ""
+    with pytest.raises(ValueError, match="outside the grid"):
+        TaskGrid(datasets=("digits",), archs=("mlp2",), left_out=(("digits", "cnn4"),))
+    with pytest.raises(ValueError, match="leaves no"):
+        TaskGrid(datasets=("digits",), archs=("cnn1d",), mode="ar", left_out=(("digits", "cnn1d"),))
+
+
+def test_config_refuses_a_pair_that_cannot_work_or_leaves_it_out() -> None:
+    from evoloss.search.config import load_config
+    from evoloss.search.config_fields import ConfigError
+    from evoloss.search.grid import grid_from_config
+
+    over = {"grid.datasets": ["digits", VEC], "grid.archs": ["mlp2", "cnn1d"], "grid.mode": "ardr",
+            "grid.noise": [{"type": "symmetric", "rate": 0.4}], "grid.seeds": [0]}
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=over)
+    assert info.value.key == "grid.archs" and "'cnn1d' cannot take dataset 'digits'" in str(info.value)
+    assert f"mlp2 on digits, mlp2 on {VEC}, cnn1d on {VEC}" in str(info.value)
+    config = load_config(overrides={**over, "grid.incompatible": "leave-out"})
+    assert grid_from_config(config).left_out == (("digits", "cnn1d"),) and len(grid_from_config(config)) == 3
+    with pytest.raises(ConfigError, match="exceeds the 3 tasks left"):
+        load_config(overrides={**over, "grid.incompatible": "leave-out", "grid.subset_size": 4})
