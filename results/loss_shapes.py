@@ -119,10 +119,17 @@ def plot_loss_shapes(
     return out
 
 
+MAX_CLASSES = 10_000
+"""Most classes a loss-shape figure spreads probabilities over (each curve holds points x classes logits)."""
+
+
 def _check_classes(num_classes: int) -> None:
-    """Raise unless ``num_classes`` is an integer >= 2 (bool excluded)."""
+    """Raise unless ``num_classes`` is an integer in [2, `MAX_CLASSES`] (bool excluded)."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2; got {num_classes!r}")
+    if num_classes > MAX_CLASSES:
+        raise ValueError(f"num_classes must be at most {MAX_CLASSES} (each curve holds points x classes logits); "
+                         f"got {num_classes!r}")
 
 
 def _check_entries(specs: Sequence[tuple[str, LossSpec]]) -> list[tuple[str, LossSpec]]:

@@ -268,7 +268,9 @@ def reference_method(df: pd.DataFrame) -> str | None:
 
 
 def cost_per_method(df: pd.DataFrame) -> pd.DataFrame:
-    """Per method: runs, ok runs, mean wall s of an ok run, × the CE method's mean, total wall s of all runs."""
+    """Per method: runs, ok runs, mean wall s of an ok run, × the CE method's mean, total wall s of all runs,
+    and the mean clean labels a run consumed (``clean_labels_used``: meta set, clean validation rows
+    read for selection or fitness; 0 when the rows predate the column)."""
     _require(df, ("method", "method_kind", "family", "status", "wall_s"))
     reference = reference_method(df)
     records = []
@@ -279,8 +281,10 @@ def cost_per_method(df: pd.DataFrame) -> pd.DataFrame:
             method=method, kind=rows["method_kind"].iloc[0], runs=len(rows), ok=int((rows["status"] == "ok").sum()),
             mean_wall_s=float(ok["wall_s"].mean()) if len(ok) else math.nan,
             total_wall_s=float(np.nansum(rows["wall_s"].to_numpy(dtype=np.float64))),
+            clean_labels=float(rows["clean_labels_used"].mean()) if "clean_labels_used" in rows else 0.0,
         ))
-    cost = pd.DataFrame.from_records(records, columns=["method", "kind", "runs", "ok", "mean_wall_s", "total_wall_s"])
+    cost = pd.DataFrame.from_records(records, columns=["method", "kind", "runs", "ok", "mean_wall_s", "total_wall_s",
+                                                       "clean_labels"])
     base = cost.loc[cost["method"] == reference, "mean_wall_s"]
     base_value = float(base.iloc[0]) if len(base) else math.nan
     cost.insert(5, "vs_ce", cost["mean_wall_s"] / base_value if base_value > 0 else math.nan)
@@ -294,14 +298,16 @@ def _number(value: float, spec: str = ".2f") -> str:
 def cost_markdown(df: pd.DataFrame) -> str:
     """The cost table (`cost_per_method`) in Markdown, followed by a line saying what its columns mean."""
     cost = cost_per_method(df)
-    columns = ["method", "kind", "runs", "ok", "mean_wall_s", "vs_ce", "total_wall_s"]
-    rows = [[escape_cell(m), k, str(r), str(o), _number(w), _number(v), f"{t:.1f}"]
-            for m, k, r, o, w, v, t in cost[columns].itertuples(index=False)]
+    columns = ["method", "kind", "runs", "ok", "mean_wall_s", "vs_ce", "total_wall_s", "clean_labels"]
+    rows = [[escape_cell(m), k, str(r), str(o), _number(w), _number(v), f"{t:.1f}", _number(c, ".0f")]
+            for m, k, r, o, w, v, t, c in cost[columns].itertuples(index=False)]
     reference = reference_method(df)
     relative = f"× CE is relative to `{reference}`" if reference else "no hand-designed CE method ran, so no × CE"
-    header = ["method", "kind", "runs", "ok", "mean s/run", "× CE", "total s"]
-    return (markdown_table(header, rows, "llrrrrr") + "\n\n"
-            f"Mean wall seconds of an `ok` training run; {relative}; total s counts every run, failed ones included.")
+    header = ["method", "kind", "runs", "ok", "mean s/run", "× CE", "total s", "clean labels"]
+    return (markdown_table(header, rows, "llrrrrrr") + "\n\n"
+            f"Mean wall seconds of an `ok` training run; {relative}; total s counts every run, failed ones included; "
+            "clean labels = mean `clean_labels_used` per run (meta set, clean validation rows read to select a "
+            "grid point or an epoch, or by an evolved loss's search fitness).")
 
 
 def summary_text(df: pd.DataFrame, metric: str | None = None) -> str:

@@ -216,8 +216,9 @@ def prepare_search(config: Any = None, *, out: str | Path | None = None, overrid
 
 
 def run_search_in(config: "SearchConfig", run_dir: Path, *, address: str | None = None,
-                  progress: Progress | None = None) -> "SearchSummary":
-    """Run the search of ``config`` in the existing ``run_dir`` on the configured engine."""
+                  progress: Progress | None = None, version_change: str = "") -> "SearchSummary":
+    """Run the search of ``config`` in the existing ``run_dir`` on the configured engine (the caller
+    holds the run's writer lock); ``version_change`` is recorded in every new row."""
     from evoloss.results.store import ParquetStore
     from evoloss.search.run_dir import run_id_of
 
@@ -226,18 +227,27 @@ def run_search_in(config: "SearchConfig", run_dir: Path, *, address: str | None 
         from evoloss.search.tune_engine import run_search_tune
 
         return run_search_tune(config, store, run_id=run_id_of(run_dir), run_dir=run_dir, address=address,
-                               progress=progress)
+                               progress=progress, version_change=version_change)
     from evoloss.search.coordinator import run_search
     from evoloss.search.engine import evaluation_pool
 
     with evaluation_pool(config.cluster, run_dir, address=address) as pool:
-        return run_search(config, pool, store, run_id=run_id_of(run_dir), progress=progress)
+        return run_search(config, pool, store, run_id=run_id_of(run_dir), progress=progress,
+                          version_change=version_change)
+
+
+def _check_address(address: str | None) -> None:
+    """The ``address`` argument (``HOST:PORT``), checked before anything is written."""
+    if address is not None:
+        from evoloss.search.config import check_cluster_address
+
+        check_cluster_address("address", address)
 
 
 def search(config: Any = None, *, out: str | Path | None = None, address: str | None = None,
            overrides: Mapping[str, Any] | None = None, engine: str | None = None,
            resume: str | Path | None = None, data_dir: str | Path | None = None,
-           progress: bool | Progress = True) -> SearchResult:
+           progress: bool | Progress = True, allow_version_change: bool = False) -> SearchResult:
     """Run a CMA-ES loss search (or resume one) and return its `SearchResult`.
 
     Args:
@@ -250,21 +260,46 @@ def search(config: Any = None, *, out: str | Path | None = None, address: str | 
             ``overrides`` may only set ``search.generations``, ``grid.data_dir`` and ``cluster.*``).
         data_dir: where dataset files live (``grid.data_dir``).
         progress: True prints a progress line to stderr, False is quiet, a callable receives the lines.
+        allow_version_change: resume a run written with another evoloss or torch version (the new rows
+            record the change in their ``version_change`` column); refused otherwise.
+
+    The run directory is written by one process at a time (`search.run_dir.writer_lock`); SIGTERM
+    and SIGINT stop the search at a safe point (`search.engine.Stopped`, after the embedded Ray
+    has been stopped). Docs: docs/RELIABILITY.md.
 
     Raises:
         ConfigError: an invalid config, override or argument (names the key, the value and the fix).
-        ValueError: ``out`` exists and is not empty; FileNotFoundError: a missing file or run.
+        ValueError: ``out`` exists and is not empty, another process writes the run, or a resume check
+            failed (search.run_dir.check_resume); FileNotFoundError: a missing file or run.
+        OSError: a write failed (the message names the path); a search stopped by it resumes.
     """
     from evoloss.search.config import resolved_toml
-    from evoloss.search.run_dir import CONFIG_NAME, atomic_write_text, create_run_dir
+    from evoloss.search.engine import Stopped, stop_on_signals
+    from evoloss.search.run_dir import (CONFIG_NAME, atomic_write_text, check_new_run_dir, check_resume,
+                                        create_run_dir, probe_lock, writer_lock)
 
     resolved, run_dir, resuming = prepare_search(config, out=out, overrides=overrides, engine=engine,
                                                  resume=resume, data_dir=data_dir)
-    if not resuming:
-        create_run_dir(run_dir, resolved)
-    elif overrides or engine or data_dir:  # e.g. more generations: config.toml says what the run now runs
-        atomic_write_text(run_dir / CONFIG_NAME, resolved_toml(resolved))
-    summary = run_search_in(resolved, run_dir, address=address, progress=_progress(progress))
+    _check_address(address)
+    if resuming:  # every check before anything is written (then again under the lock: no race)
+        probe_lock(run_dir)
+        check_resume(run_dir, resolved, allow_version_change=allow_version_change)
+    else:
+        check_new_run_dir(run_dir)
+    try:
+        with stop_on_signals(), writer_lock(run_dir, "evoloss search"):
+            change = ""
+            if not resuming:
+                create_run_dir(run_dir, resolved)
+            else:
+                change = check_resume(run_dir, resolved, allow_version_change=allow_version_change)
+                if overrides or engine or data_dir:  # e.g. more generations: config.toml says what the run now runs
+                    atomic_write_text(run_dir / CONFIG_NAME, resolved_toml(resolved))
+            summary = run_search_in(resolved, run_dir, address=address, progress=_progress(progress),
+                                    version_change=change)
+    except Stopped as stop:
+        stop.run_dir, stop.resumable = run_dir, (run_dir / CONFIG_NAME).is_file()
+        raise
     return SearchResult(run_dir, summary)
 
 
@@ -375,15 +410,22 @@ def compare(config: Any, *, out: str | Path | None = None, address: str | None =
     from evoloss.results.store import ParquetStore
     from evoloss.search.compare import run_compare
     from evoloss.search.compare_config import resolved_compare_toml
-    from evoloss.search.engine import evaluation_pool
-    from evoloss.search.run_dir import CONFIG_NAME, atomic_write_text, run_id_of
+    from evoloss.search.engine import Stopped, evaluation_pool, stop_on_signals
+    from evoloss.search.run_dir import CONFIG_NAME, atomic_write_text, check_new_run_dir, run_id_of, writer_lock
 
     resolved, run_dir = prepare_compare(config, out=out, overrides=overrides)
-    atomic_write_text(run_dir / CONFIG_NAME, resolved_compare_toml(resolved))
-    with evaluation_pool(resolved.cluster, run_dir, address=address) as pool:
-        summary = run_compare(resolved, pool, ParquetStore(run_dir), run_id=run_id_of(run_dir),
-                              progress=_progress(progress))
-    atomic_write_text(run_dir / SUMMARY_NAME, summary.table + "\n")
+    _check_address(address)
+    try:
+        with stop_on_signals(), writer_lock(run_dir, "evoloss compare"):
+            check_new_run_dir(run_dir)  # again, under the lock: two compares on one new directory
+            atomic_write_text(run_dir / CONFIG_NAME, resolved_compare_toml(resolved))
+            with evaluation_pool(resolved.cluster, run_dir, address=address) as pool:
+                summary = run_compare(resolved, pool, ParquetStore(run_dir), run_id=run_id_of(run_dir),
+                                      progress=_progress(progress))
+            atomic_write_text(run_dir / SUMMARY_NAME, summary.table + "\n")
+    except Stopped as stop:
+        stop.run_dir = run_dir
+        raise
     return CompareResult(run_dir, summary)
 
 

@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # The Python API's arguments (named in its messages) and the command line's spelling of each.
 FLAGS = {"out": "--out", "resume": "--resume", "engine": "--engine", "data_dir": "--data-dir",
-         "config": "CONFIG.toml or --preset", "pick": "--pick", "name": "--name", "address": "--address"}
+         "config": "CONFIG.toml or --preset", "pick": "--pick", "name": "--name", "address": "--address",
+         "allow_version_change": "--allow-version-change"}
 
 
 def _flag_hint(exc: BaseException) -> str:
@@ -88,6 +89,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"evoloss {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BaseException as exc:  # SIGTERM / SIGINT during a search or compare (search.engine.Stopped)
+        engine = sys.modules.get("evoloss.search.engine")  # loaded whenever Stopped can be raised
+        if engine is None or not isinstance(exc, engine.Stopped):
+            raise
+        print(f"evoloss {args.command}: {engine.stopped_line(exc)}", file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ pool for every task; only meta-learned methods train on it (the usual protocol o
 
 Rows (results.schema): one per (method, task) in generation 0, ``candidate`` = the method's index in
 the config, ``method``/``method_kind`` set, and ``extra`` = the trainer's extras plus ``split``
-("seen" | "held-out"), ``group`` (the task group) and ``source`` (where the method came from).
+("seen" | "held-out"), ``group`` (the task group) and ``source`` (where the method came from);
+``clean_labels_used`` counts the clean labels the row consumed (`search.clean_labels`), and
+``compare.clean_budget = N`` holds that budget equal (val split = meta set = N clean labels).
 
 Failures never abort a compare. A method that cannot be resolved (a broken plug-in file, a missing
 search run) gets ``failed`` rows carrying the reason and no jobs; a run whose loss diverges is
@@ -64,6 +66,7 @@ from evoloss.search.compare_config import (
     compare_config_dict,
     tuned_grid_points,
 )
+from evoloss.search.clean_labels import row_clean_labels, search_clean_labels
 from evoloss.search.config import SearchConfig
 from evoloss.search.coordinator import JobRunnerPool, record_to_row
 from evoloss.search.grid import TaskGrid, grid_from_config, metric_column
@@ -134,7 +137,8 @@ def _search_best(run_dir: str) -> tuple[LossSpec, dict[str, Any]]:
     if best is None:
         raise ValueError(f"search run {run_dir!r} has no complete generation with a finite fitness yet")
     spec, fitness, generation, candidate = best
-    return spec, {"run_dir": run_dir, "fitness": fitness, "generation": generation, "candidate": candidate}
+    return spec, {"run_dir": run_dir, "fitness": fitness, "generation": generation, "candidate": candidate,
+                  "clean_labels": search_clean_labels(run)}
 
 
 def _method_specs(method: MethodSection) -> tuple[tuple[LossSpec, ...], dict[str, Any]]:
@@ -158,6 +162,9 @@ def resolve_method(index: int, method: MethodSection) -> ResolvedMethod:
     base = ResolvedMethod(index=index, name=method.name, kind=method.kind, method_kind=METHOD_KINDS[method.kind],
                           source=configured)
     try:
+        if method.kind == "cleanlab":  # confident learning: its own trainer, CE on the kept samples
+            return dataclasses.replace(base, specs=(LossSpec("ce"),), trainer="cleanlab",
+                                       options=dict(method.options or {}), source={"family": "ce"})
         if method.kind == "trainer":
             _, spec = build_trainer(method)
             return dataclasses.replace(base, specs=(spec,), trainer=method.trainer, options=dict(method.options or {}),
@@ -177,6 +184,9 @@ def compare_tasks(config: CompareConfig) -> list[CompareTask]:
     plus the compare's clean meta set."""
     base = grid_from_config(SearchConfig(train=config.train))
     splits = dataclasses.replace(base.splits, meta_per_class=config.compare.meta_per_class)
+    if config.compare.clean_budget:  # one clean set of N labels per task: val = the meta set
+        splits = dataclasses.replace(base.splits, val=float(config.compare.clean_budget), meta_per_class=0,
+                                     meta_total=0)
     out = []
     for group in config.tasks:
         noises = tuple(n.to_spec() for n in group.noise)
@@ -189,11 +199,12 @@ def compare_tasks(config: CompareConfig) -> list[CompareTask]:
 
 
 def make_compare_jobs(tasks: Sequence[CompareTask], methods: Sequence[ResolvedMethod],
-                      loss_trainer: str) -> tuple[list[Job], dict[tuple[str, str], Slot]]:
+                      loss_trainer: str, *, meta_is_val: bool = False) -> tuple[list[Job], dict[tuple[str, str], Slot]]:
     """Per task: one ``loss_trainer`` job with every loss-type spec, one job per meta-learned method.
 
     Returns the jobs and, for each ``(job_id, candidate)``, the `Slot` it fills. Unresolved methods
-    get no job."""
+    get no job. ``meta_is_val``: the meta-learned methods use the clean validation split as their
+    meta set (``compare.clean_budget``)."""
     jobs: list[Job] = []
     slots: dict[tuple[str, str], Slot] = {}
     usable = [m for m in methods if not m.error]
@@ -209,8 +220,9 @@ def make_compare_jobs(tasks: Sequence[CompareTask], methods: Sequence[ResolvedMe
             jobs.append(Job(job_id=job_id, task=ct.task, specs=tuple(specs), trainer=loss_trainer,
                             candidates=tuple(ids)))
         for m in (m for m in usable if m.trainer):
+            options = {**m.options, "meta_source": "val"} if meta_is_val and m.kind == "trainer" else dict(m.options)
             job = Job(job_id=f"t{t}-m{m.index}", task=ct.task, specs=m.specs, trainer=m.trainer,
-                      trainer_options=dict(m.options), candidates=(f"m{m.index}",))
+                      trainer_options=options, candidates=(f"m{m.index}",))
             jobs.append(dataclasses.replace(job, cost=META_COST_FACTOR * job.estimated_cost()))
             slots[(job.job_id, f"m{m.index}")] = Slot(t, m.index)
     return jobs, slots
@@ -273,7 +285,7 @@ def _method_record(method: ResolvedMethod, got: Sequence[tuple[int | None, Mappi
 
 def compare_rows(tasks: Sequence[CompareTask], methods: Sequence[ResolvedMethod], results: Sequence[Any],
                  slots: Mapping[tuple[str, str], Slot], *, run_id: str, metric_rule: str,
-                 loss_trainer: str) -> list[dict[str, Any]]:
+                 loss_trainer: str, meta_is_val: bool = False) -> list[dict[str, Any]]:
     """One evaluation row per (task, method), tasks in order, methods in config order.
 
     Rows whose record never reached a worker (an unresolved method, a job the pool gave up on) take
@@ -296,6 +308,9 @@ def compare_rows(tasks: Sequence[CompareTask], methods: Sequence[ResolvedMethod]
             row = record_to_row({**rec, "candidate": m.index}, ct.task, run_id=run_id, generation=GENERATION,
                                 metric_rule=metric_rule, method=m.name, method_kind=m.method_kind)
             row["extra"] = {**(rec.get("extra") or {}), "split": ct.split, "group": ct.group, "source": dict(m.source)}
+            row["clean_labels_used"] = 0 if m.error else row_clean_labels(
+                m.kind, rec, ct.task, metric_rule=metric_rule, meta_is_val=meta_is_val,
+                search_labels=int(m.source.get("clean_labels", 0)))
             rows.append(row)
     return rows
 
@@ -351,13 +366,14 @@ def run_compare(config: CompareConfig, pool: JobRunnerPool, store: ResultStore, 
         if m.error:
             say(f"compare: method {m.name!r} is failed everywhere: {m.error.splitlines()[0]}\n")
     tasks = compare_tasks(config)
-    jobs, slots = make_compare_jobs(tasks, methods, config.train.trainer)
+    meta_is_val = config.compare.clean_budget > 0
+    jobs, slots = make_compare_jobs(tasks, methods, config.train.trainer, meta_is_val=meta_is_val)
     say(f"compare: {len(methods)} methods × {len(tasks)} tasks = {len(jobs)} jobs on {pool.size} actor(s)\n")
     results = pool.run_jobs(jobs, timeout_s=config.cluster.timeout_s,
                             on_result=_progress(say, len(jobs), start)) if jobs else []
     rule = config.compare.metric_rule
     rows = compare_rows(tasks, methods, results, slots, run_id=run_id, metric_rule=rule,
-                        loss_trainer=config.train.trainer)
+                        loss_trainer=config.train.trainer, meta_is_val=meta_is_val)
     wall = time.perf_counter() - start
     store.append(GENERATION, rows, _generation_row(run_id, rows, rule, wall, [t.task.key() for t in tasks]))
     store.save_state(GENERATION, {

@@ -14,7 +14,10 @@ Methods (each needs a unique ``name``; ``kind`` decides which other keys it take
 - ``plugin``  evolved: ``path`` of a plug-in ``loss.json`` (or a plain ``{"family", "params"}`` file);
 - ``search``  evolved: ``run_dir`` of a search run, whose best candidate is compared;
 - ``trainer`` meta-learned: ``trainer`` (a registered meta-learned trainer) [+ ``options``, and
-  ``family``/``params`` for its base loss, default: the trainer's own].
+  ``family``/``params`` for its base loss, default: the trainer's own];
+- ``cleanlab`` confident learning (workers/cleanlab_method.py): K-fold out-of-sample probabilities,
+  ``cleanlab.filter.find_label_issues``, CE on the kept samples [+ ``options`` = {folds, filter_by}];
+  its rows' method_kind is "hand-designed" (CE on cleaned data) and ``extra.cleanlab`` has the pruning.
 
 Paths (``path``, ``run_dir``) are relative to the working directory and are read when the compare
 runs: a missing or broken one makes that method's cells ``failed``, never a config error.
@@ -43,10 +46,14 @@ from evoloss.search.config import (
     NOISE_EXAMPLE,
     ClusterSection,
     NoiseSection,
+    PluginsSection,
     TrainSection,
+    canonical_file_datasets,
+    check_cluster,
     check_noise,
     check_task_names,
     check_train,
+    load_plugin_modules,
 )
 from evoloss.search.config_fields import (
     ConfigError,
@@ -65,7 +72,7 @@ from evoloss.search.config_fields import (
 from evoloss.search.preset_files import preset_names
 
 METHOD_KINDS = {"loss": "hand-designed", "tuned": "hand-designed", "plugin": "evolved", "search": "evolved",
-                "trainer": "meta-learned"}
+                "trainer": "meta-learned", "cleanlab": "hand-designed"}
 """Config ``kind`` → the rows' ``method_kind`` (results.schema)."""
 LOSS_TRAINERS = ("population", "standard")
 MAX_GRID_POINTS = 64
@@ -76,6 +83,7 @@ _KIND_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # kind -> (r
     "plugin": (("path",), ()),
     "search": (("run_dir",), ()),
     "trainer": (("trainer",), ("options", "family", "params")),
+    "cleanlab": ((), ("options",)),
 }
 
 
@@ -85,12 +93,15 @@ class CompareSection:
                           "(best); tuned methods select on val_acc_<rule>", "str", choices=("last", "best"))
     meta_per_class: int = _f(10, "clean meta samples per class carved from every task's pool (meta-learned methods "
                              "train on them; every method sees the same train/val/test splits)", "int", min=0)
+    clean_budget: int = _f(0, "hold the clean-label budget equal: every task's clean validation split has this many "
+                           "rows and is also the meta set of the meta-learned methods (meta_per_class is then "
+                           "unused); 0 = off", "int", min=0)
 
 
 @dataclass(frozen=True, kw_only=True)
 class MethodSection:
     name: str = _f("", "unique method name (rows' method column)", "str")
-    kind: str = _f("", "loss | tuned | plugin | search | trainer", "str", choices=tuple(METHOD_KINDS))
+    kind: str = _f("", "loss | tuned | plugin | search | trainer | cleanlab", "str", choices=tuple(METHOD_KINDS))
     family: str | None = _f(None, "loss family (loss, tuned; trainer: its base loss)", "str?")
     params: dict | None = _f(None, "loss parameters {name = value}; missing ones take the family defaults", "params")
     path: str | None = _f(None, "plugin: the plug-in loss.json (or its directory)", "str?")
@@ -130,11 +141,14 @@ class CompareConfig:
                                     metadata={"doc": "where evaluations run (the search config's [cluster])"})
     output: CompareOutputSection = field(default_factory=CompareOutputSection,
                                          metadata={"doc": "where the run is written"})
+    plugins: PluginsSection = field(default_factory=PluginsSection,
+                                    metadata={"doc": "your own modules (loss families ...), docs/data.md"})
 
 
-_TABLES = {"compare": CompareSection, "train": TrainSection, "cluster": ClusterSection, "output": CompareOutputSection}
+_TABLES = {"compare": CompareSection, "train": TrainSection, "cluster": ClusterSection, "output": CompareOutputSection,
+           "plugins": PluginsSection}
 _LISTS = {"methods": MethodSection, "tasks": TaskGroupSection}
-ROOT_KEYS = ("compare", "methods", "tasks", "train", "cluster", "output")
+ROOT_KEYS = ("compare", "methods", "tasks", "train", "cluster", "output", "plugins")
 
 
 # --- method checks -------------------------------------------------------------------------------
@@ -250,6 +264,18 @@ def _check_trainer(path: str, method: MethodSection) -> bool:
                           "use the family the trainer learns, or leave family out") from None
 
 
+def _check_cleanlab(path: str, method: MethodSection) -> None:
+    """A ``cleanlab`` method's options, checked by building its trainer."""
+    from evoloss.workers.trainer import create_trainer
+
+    _trainer_registry()
+    try:
+        create_trainer("cleanlab", **dict(method.options or {}))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}.options", f"rejected by the cleanlab method ({exc})", method.options or {},
+                          "use {folds = 5, filter_by = \"prune_by_noise_rate\"}") from None
+
+
 def _check_method(i: int, method: MethodSection, meta_per_class: int) -> MethodSection:
     """One method validated; ``params`` returned with the family defaults filled in."""
     path = f"methods[{i}]"
@@ -262,6 +288,8 @@ def _check_method(i: int, method: MethodSection, meta_per_class: int) -> MethodS
             method = dataclasses.replace(method, params={k: v for k, v in full.items() if k not in method.grid})
         else:
             method = dataclasses.replace(method, params=full)
+    if method.kind == "cleanlab":
+        _check_cleanlab(path, method)
     if method.kind == "trainer" and _check_trainer(path, method) and meta_per_class == 0:
         raise ConfigError("compare.meta_per_class", f"is 0 but method {method.name!r} needs a clean meta set", 0,
                           "set compare.meta_per_class >= 1 (e.g. 10)")
@@ -287,7 +315,7 @@ def _check_task_groups(groups: tuple[TaskGroupSection, ...]) -> None:
             raise ConfigError(f"{path}.name", "repeats the name of another task group", group.name,
                               "give each group its own name")
         check_noise(f"{path}.noise", group.noise)
-        check_task_names(path, group.datasets, group.archs, group.noise)
+        check_task_names(path, group.datasets, group.archs, group.noise, data_dir=group.data_dir)
         for dataset, arch, noise in itertools.product(group.datasets, group.archs, group.noise):
             label = f"{dataset}/{arch}/{noise_label(noise)}"
             if label in owner and owner[label] != group.name:
@@ -309,6 +337,7 @@ def parse_compare_config(data: Mapping[str, Any]) -> CompareConfig:
     Raises:
         ValueError: for the first problem found, naming the key path, the value and the fix.
     """
+    data = load_plugin_modules(data)
     check_root(data, list(ROOT_KEYS))
     for key in _LISTS:
         if key not in data:
@@ -318,13 +347,16 @@ def parse_compare_config(data: Mapping[str, Any]) -> CompareConfig:
     parts.update({name: build_sections(cls, data[name], name) for name, cls in _LISTS.items()})
     config = CompareConfig(**parts)
     check_train(config.train)  # the search config's train.val/test rules
+    check_cluster(config.cluster)  # and its [cluster] rules (address form, GPU share)
     if config.cluster.engine != "native":
         raise ConfigError("cluster.engine", "must be 'native' for a compare (Ray Tune runs searches only)",
                           config.cluster.engine, 'remove it or set engine = "native"')
     _check_method_names(config.methods)
-    methods = tuple(_check_method(i, m, config.compare.meta_per_class) for i, m in enumerate(config.methods))
+    clean = config.compare.meta_per_class or config.compare.clean_budget
+    methods = tuple(_check_method(i, m, clean) for i, m in enumerate(config.methods))
     _check_task_groups(config.tasks)
-    return dataclasses.replace(config, methods=methods)
+    tasks = tuple(dataclasses.replace(g, datasets=canonical_file_datasets(g.datasets)) for g in config.tasks)
+    return dataclasses.replace(config, methods=methods, tasks=tasks)
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -385,7 +417,7 @@ def load_compare_config(path: str | Path | None = None, preset: str | None = Non
 def resolved_compare_toml(config: CompareConfig) -> str:
     """The whole compare config as TOML, every default written out (methods: the keys their kind uses)."""
     lines = ["# evoloss compare config, resolved: every setting written out (run it with: evoloss compare FILE)"]
-    for name in ("compare", "train", "cluster", "output"):
+    for name in ("compare", "train", "cluster", "output", "plugins"):
         lines += [f"\n[{name}]", *section_lines(getattr(config, name))]
     for method in config.methods:
         lines += ["\n[[methods]]", *section_lines(method, skip_unset=True)]

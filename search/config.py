@@ -40,23 +40,33 @@ if TYPE_CHECKING:
 @dataclass(frozen=True, kw_only=True)
 class SearchSection:
     family: str = _f("taylor", "loss family whose parameters CMA-ES searches (losses.list_losses())", "str")
-    popsize: int = _f(8, "CMA-ES population size lambda", "int", min=2)
-    sigma0: float = _f(1.0, "initial CMA-ES step size, in genome units", "float", gt=0.0)
+    popsize: int = _f(8, "CMA-ES population size lambda", "int", min=2, max=4096)
+    sigma0: float = _f(1.0, "initial CMA-ES step size, in genome units", "float", gt=0.0, max=100.0)
     generations: int = _f(10, "generations to run (stop reason max_generations)", "int", min=1)
     seed: int = _f(0, "seeds CMA-ES sampling and the per-generation task subset", "int", min=0)
     x0: Any = _f("default", '"default" (family defaults), "zeros", or a genome list', "word_or_numbers",
                  choices=("default", "zeros"))
     failure_margin: float = _f(0.01, "failed candidates score worst finite fitness minus this", "float", gt=0.0)
     failure_floor: float = _f(0.0, "fitness of every candidate when all failed", "float", min=0.0, max=1.0)
+    low_fidelity: float | None = _f(None, "successive halving: share of train.epochs every candidate first trains; "
+                                    "unset = all train the full budget", "float?", gt=0.0, lt=1.0)
+    finish_share: float = _f(0.34, "successive halving: share of candidates (the best at low fidelity) that "
+                             "train the full budget", "float", gt=0.0, max=1.0)
 
 
 @dataclass(frozen=True, kw_only=True)
 class NoiseSection:
-    type: str = _f("symmetric", "none | symmetric | asymmetric | instance | longtail", "str",
-                   choices=("none", "symmetric", "asymmetric", "instance", "longtail"))
-    rate: float = _f(0.8, "noise rate r", "float", min=0.0, lt=1.0)
+    type: str = _f("symmetric", "none | symmetric | asymmetric | instance | longtail | given (the labels of "
+                   "the dataset's file, docs/data.md)", "str",
+                   choices=("none", "symmetric", "asymmetric", "instance", "longtail", "given"))
+    rate: float = _f(0.8, "noise rate r (type given: none, the file's labels are used as they are)", "float",
+                     min=0.0, lt=1.0)
     convention: str = _f("", 'how r is applied (docs/noise.md); "" = the type\'s default', "str")
     imbalance: float = _f(1.0, "long-tail imbalance ratio rho (type longtail only)", "float", min=1.0)
+
+    def __post_init__(self) -> None:
+        if self.type == "given" and self.rate == 0.8:  # the default rate: type given has none (check_noise)
+            object.__setattr__(self, "rate", 0.0)
 
     def to_spec(self) -> NoiseSpec:
         """This noise setting as the `workers.task.NoiseSpec` a task carries."""
@@ -80,6 +90,14 @@ class GridSection:
     subset_size: int | None = _f(None, "tasks per generation (seeded random subset); unset = all", "int?", min=1)
     metric_rule: str = _f("last", "fitness reads val_acc_last (last) or val_acc_best (best)", "str",
                           choices=("last", "best"))
+    fitness: str = _f("accuracy", "score per task: accuracy | relative-ce (over CE's, trained once per task) | "
+                      "rank (normalised among the generation's candidates)", "str",
+                      choices=("accuracy", "relative-ce", "rank"))
+    aggregate: str = _f("mean", "scores over tasks: mean | quantile (the lower grid.quantile, worst-case transfer)",
+                        "str", choices=("mean", "quantile"))
+    quantile: float = _f(0.25, "the quantile of aggregate = quantile (0 = the worst task)", "float", min=0.0, max=1.0)
+    incompatible: str = _f("refuse", "a dataset x arch pair that cannot work: refuse (error listing the pairs that "
+                           "fit) | leave-out (skipped, said in one line)", "str", choices=("refuse", "leave-out"))
     data_dir: str | None = _f(None, "where dataset files live; unset = the datasets' default", "str?")
 
 
@@ -102,16 +120,54 @@ class TrainSection:
 @dataclass(frozen=True, kw_only=True)
 class ClusterSection:
     address: str | None = _f(None, "HOST:PORT of a Ray cluster; unset = embedded local Ray", "str?")
-    num_cpus: int | None = _f(None, "CPUs of the embedded Ray; unset = the machine's", "int?", min=1)
-    cpus_per_actor: float = _f(1.0, "CPUs each evaluation actor reserves", "float", gt=0.0)
-    gpus_per_actor: float = _f(0.0, "GPU share per actor (fractions allowed)", "float", min=0.0, max=1.0)
-    timeout_s: float = _f(600.0, "seconds before a job is marked timeout", "float", gt=0.0)
+    num_cpus: int | None = _f(None, "CPUs of the embedded Ray; unset = the machine's", "int?", min=1, max=4096)
+    cpus_per_actor: float = _f(1.0, "CPUs each evaluation actor reserves (>= 0.05: at most 20 actors per CPU)",
+                               "float", min=0.05, max=256.0)
+    gpus_per_actor: float = _f(0.0, "GPU share per actor (fractions allowed; 0, or >= 0.01: at most 100 per GPU)",
+                               "float", min=0.0, max=1.0)
+    timeout_s: float = _f(600.0, "seconds before a job is marked timeout (at most a week)", "float", gt=0.0,
+                          max=604800.0)
     engine: str = _f("native", "native dispatch or ray tune", "str", choices=("native", "tune"))
 
 
 @dataclass(frozen=True, kw_only=True)
 class OutputSection:
     run_dir: str = _f("runs/search", "the run directory (results, state, resolved config)", "str")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PluginsSection:
+    modules: tuple[str, ...] | None = _f(None, "modules imported first (in the driver and every Ray worker), e.g. your own "
+                                  "loss families; also written plugins = [...] at the top of the file; unset = none",
+                                  "names")
+
+
+def load_plugin_modules(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` with a top-level ``plugins = [...]`` read as ``[plugins] modules``; the modules imported
+    (`workers.user_code.load_plugins`) so that their loss families and datasets are known to the checks."""
+    if isinstance(data, Mapping) and isinstance(data.get("plugins"), list):
+        data = {**data, "plugins": {"modules": data["plugins"]}}
+    if not isinstance(data, Mapping) or "plugins" not in data:
+        return dict(data) if isinstance(data, Mapping) else data
+    section = build_section(PluginsSection, data["plugins"], "plugins")
+    from evoloss.workers.user_code import load_plugins  # lazily: only configs that name plug-ins pay it
+
+    try:
+        load_plugins(section.modules or ())
+    except ValueError as exc:
+        raise ConfigError("plugins.modules", "cannot be imported", list(section.modules), str(exc),
+                          message=f"config plugins: {exc}") from None
+    return dict(data)
+
+
+def canonical_file_datasets(datasets: tuple[str, ...]) -> tuple[str, ...]:
+    """Dataset names with the paths of users' files made absolute (``npz:data.npz`` -> ``npz:/abs/data.npz``),
+    so that a run records which file it read and Ray workers in other directories read the same one."""
+    try:
+        from evoloss.workers.datasets import canonical_name, get_dataset_entry
+    except ImportError:
+        return datasets
+    return tuple(canonical_name(d) if get_dataset_entry(d).takes_path else d for d in datasets)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,6 +178,8 @@ class SearchConfig:
     train: TrainSection = field(default_factory=TrainSection, metadata={"doc": "how each network is trained"})
     cluster: ClusterSection = field(default_factory=ClusterSection, metadata={"doc": "where evaluations run"})
     output: OutputSection = field(default_factory=OutputSection, metadata={"doc": "where the run is written"})
+    plugins: PluginsSection = field(default_factory=PluginsSection,
+                                    metadata={"doc": "your own modules (loss families ...), docs/data.md"})
 
 
 SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(SearchConfig)}
@@ -133,11 +191,13 @@ def parse_config(data: Mapping[str, Any]) -> SearchConfig:
     Raises:
         ConfigError: (a ValueError) for the first problem found, naming the key path, the value and the fix.
     """
+    data = load_plugin_modules(data)
     check_root(data, list(SECTIONS))
     config = SearchConfig(**{name: build_section(SECTIONS[name], data[name], name) for name in data})
     _check_relations(config)
     _check_registries(config)
-    return config
+    grid = dataclasses.replace(config.grid, datasets=canonical_file_datasets(config.grid.datasets))
+    return dataclasses.replace(config, grid=grid)
 
 
 # --- cross-field and registry checks -------------------------------------------------------------
@@ -157,6 +217,28 @@ def check_noise(path: str, noise: tuple[NoiseSection, ...]) -> None:
     for i, n in enumerate(noise):
         if n.type == "none" and n.rate != 0.0:
             raise ConfigError(f"{path}[{i}].rate", "type 'none' takes no rate", n.rate, "set rate = 0.0")
+        if n.type == "given" and (n.rate != 0.0 or n.convention not in ("", "file")):
+            raise ConfigError(f"{path}[{i}]", "type 'given' takes no rate or convention (the file's labels are "
+                              "used as they are)", {"rate": n.rate, "convention": n.convention},
+                              'write {type = "given"}')
+
+
+def check_cluster_address(key: str, address: str) -> None:
+    """A cluster address must be ``HOST:PORT`` (what ``ray start --head`` printed); checked when the
+    config is read, before any run directory exists."""
+    host, sep, port = str(address).rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(key, "must be HOST:PORT of a Ray head", address, "e.g. 127.0.0.2:6379, or leave it unset "
+                          "for an embedded Ray")
+
+
+def check_cluster(cluster: ClusterSection, path: str = "cluster") -> None:
+    """``[cluster]`` rules across its fields: the address form, and a GPU share of 0 or at least 0.01."""
+    if cluster.address is not None:
+        check_cluster_address(f"{path}.address", cluster.address)
+    if 0.0 < cluster.gpus_per_actor < 0.01:
+        raise ConfigError(f"{path}.gpus_per_actor", "must be 0 or >= 0.01 (a smaller share starts thousands of "
+                          "actors per GPU)", cluster.gpus_per_actor, "use 0 (CPU only) or a share >= 0.01")
 
 
 def _check_relations(config: SearchConfig) -> None:
@@ -172,23 +254,30 @@ def _check_relations(config: SearchConfig) -> None:
         raise ConfigError("grid.subset_size", f"exceeds the grid's {size} tasks", grid.subset_size,
                           f"use at most {size}, or leave it unset for all tasks")
     check_train(config.train)
+    check_cluster(config.cluster)
     check_noise("grid.noise", grid.noise)
+    if config.cluster.engine == "tune" and (config.search.low_fidelity is not None or grid.fitness == "relative-ce"):
+        key = "search.low_fidelity" if config.search.low_fidelity is not None else "grid.fitness"
+        raise ConfigError(key, "needs the native engine (extra jobs inside a generation)",
+                          getattr(config.search, "low_fidelity", None) if key.startswith("search") else grid.fitness,
+                          'set cluster.engine = "native"')
     family = losses.get_family(config.search.family) if config.search.family in losses.list_losses(include_private=True) else None
     if family is not None and not isinstance(config.search.x0, str) and len(config.search.x0) != family.dim:
         problem = f"family {family.name!r} has {family.dim} parameter(s) ({', '.join(family.param_names)})"
         raise ConfigError("search.x0", problem, list(config.search.x0), f'give {family.dim} genome values or "default"')
 
 
-_TASK_CHECKS = (("datasets", "evoloss.workers.datasets", "get_dataset_entry"),
+_TASK_CHECKS = (("datasets", "evoloss.workers.datasets", "validate_dataset_name"),  # reads users' files
                 ("archs", "evoloss.workers.archs", "get_arch"),
                 ("noise", "evoloss.workers.noise", "validate_noise_spec"))
 
 
 def check_task_names(path: str, datasets: tuple[str, ...], archs: tuple[str, ...], noise: tuple[NoiseSection, ...],
-                     *, skip_missing: bool = False) -> None:
+                     *, skip_missing: bool = False, data_dir: str | None = None) -> None:
     """Dataset, architecture and noise names at ``path`` (``grid``, ``tasks[0]``) against the workers'
     registries; with ``skip_missing`` a registry module that does not import is skipped (its names are
-    then checked when tasks materialise)."""
+    then checked when tasks materialise). Users' files are read and checked here, and so are noise type
+    ``given`` and users' model factories against them (`workers.user_checks`)."""
     values = {"datasets": datasets, "archs": archs, "noise": tuple(n.to_spec() for n in noise)}
     for key, module, function in _TASK_CHECKS:
         try:
@@ -200,9 +289,16 @@ def check_task_names(path: str, datasets: tuple[str, ...], archs: tuple[str, ...
         for i, value in enumerate(values[key]):
             try:
                 check(value)
-            except (ValueError, TypeError) as exc:
+            except (ValueError, TypeError, OSError) as exc:
                 raise ConfigError(f"{path}.{key}[{i}]", "is not valid", value, str(exc),
                                   message=f"config {path}.{key}[{i}]: {exc}") from None
+    try:
+        from evoloss.workers.user_checks import check_task_inputs
+    except ImportError:
+        return
+    for key, i, problem in check_task_inputs(datasets, archs, values["noise"], data_dir):
+        raise ConfigError(f"{path}.{key}[{i}]", "is not valid", values[key][i], problem,
+                          message=f"config {path}.{key}[{i}]: {problem}")
 
 
 def _check_registries(config: SearchConfig) -> None:
@@ -215,7 +311,32 @@ def _check_registries(config: SearchConfig) -> None:
         raise ConfigError("search.family", "has no parameters to search", name,
                           f"choose one of {', '.join(searchable)}")
     grid = config.grid
-    check_task_names("grid", grid.datasets, grid.archs, grid.noise, skip_missing=True)
+    check_task_names("grid", grid.datasets, grid.archs, grid.noise, skip_missing=True, data_dir=grid.data_dir)
+    _check_pairs(config)
+
+
+def _check_pairs(config: SearchConfig) -> None:
+    """Dataset × architecture pairs that cannot work (`search.grid.incompatible_pairs`): refused, or
+    with ``grid.incompatible = "leave-out"`` counted out of the grid (and the subset size checked)."""
+    try:
+        from evoloss.search.grid import incompatible_pairs  # lazily: loads the workers' registries
+    except ImportError:
+        return
+    grid = config.grid
+    bad = incompatible_pairs(grid.datasets, grid.archs, grid.data_dir)
+    if bad and grid.incompatible == "refuse":
+        skip = {(d, a) for d, a, _ in bad}
+        fit = [f"{a} on {d}" for a in grid.archs for d in grid.datasets if (d, a) not in skip]
+        raise ConfigError("grid.archs", f"{bad[0][1]!r} cannot take dataset {bad[0][0]!r} "
+                          f"({len(bad)} pair(s) cannot work)", list(grid.archs),
+                          f"pairs that fit: {', '.join(fit) or 'none'}; or set grid.incompatible = \"leave-out\"")
+    size = (len(grid.datasets) * len(grid.archs) - len(bad)) * len(grid.noise) * len(grid.seeds)
+    if size == 0:
+        raise ConfigError("grid.archs", "no dataset x architecture pair can work", list(grid.archs),
+                          "add an architecture that takes these datasets (e.g. mlp2)")
+    if grid.subset_size is not None and grid.subset_size > size:
+        raise ConfigError("grid.subset_size", f"exceeds the {size} tasks left after {len(bad)} pair(s) that cannot "
+                          "work", grid.subset_size, f"use at most {size}")
 
 
 def initial_genome(config: SearchConfig) -> list[float]:

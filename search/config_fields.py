@@ -230,13 +230,57 @@ def check_root(data: Any, sections: list[str]) -> None:
 
 
 # --- reading and layering ------------------------------------------------------------------------
+MAX_NESTING = 16
+"""Deepest nesting of tables and lists a config may have (the deepest shipped one has 4)."""
+MAX_CONFIG_BYTES = 1 << 20
+"""Largest config file read (the shipped ones are a few kilobytes)."""
+
+
+def check_nesting(value: Any, where: str) -> None:
+    """``value`` (parsed TOML, or a config as Python data) nests at most `MAX_NESTING` tables and
+    lists deep; measured without recursion, so any depth gives this one error."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (Mapping, list, tuple)):
+            if depth >= MAX_NESTING:
+                raise ConfigError(where, f"nests tables or lists more than {MAX_NESTING} deep", f"depth > {depth}",
+                                  "flatten it (a config needs at most a few levels)",
+                                  message=f"config {where}: nests tables or lists more than {MAX_NESTING} levels "
+                                          "deep; a config needs at most a few levels")
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, Mapping) else item))
+
+
 def read_toml(text: str, where: str) -> dict[str, Any]:
-    """``text`` parsed as TOML; a syntax error is a `ConfigError` naming ``where`` it came from."""
+    """``text`` parsed as TOML; a syntax error or nesting deeper than `MAX_NESTING` is a
+    `ConfigError` naming ``where`` it came from."""
     try:
-        return tomllib.loads(text)
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(where, "invalid TOML", None, f"fix the TOML syntax ({exc})",
                           message=f"config {where}: invalid TOML ({exc})") from None
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        raise ConfigError(where, f"nests more than {MAX_NESTING} levels deep", None, "flatten it",
+                          message=f"config {where}: nests tables or lists thousands of levels deep (at most "
+                                  f"{MAX_NESTING}); a config needs at most a few levels") from None
+    check_nesting(data, where)
+    return data
+
+
+def read_config_text(file: Path) -> str:
+    """The text of config file ``file``: at most `MAX_CONFIG_BYTES`, UTF-8; errors name the file."""
+    size = file.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(repr(str(file)), "is too large for a config", f"{size} bytes",
+                          f"at most {MAX_CONFIG_BYTES} bytes",
+                          message=f"config file {str(file)!r} is {size} bytes, too large for a config "
+                                  f"(at most {MAX_CONFIG_BYTES}); is it the right file?")
+    try:
+        return file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(repr(str(file)), "is not UTF-8 text", None, "give a TOML text file",
+                          message=f"config file {str(file)!r} is not UTF-8 text ({exc.reason} at byte {exc.start}): "
+                                  "is it a binary file? give a TOML text file") from None
 
 
 def nested(overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -291,10 +335,11 @@ def preset_and_file(kind: str, preset: str | None, path: str | Path | None, labe
         file = Path(path)
         if not file.is_file():
             raise FileNotFoundError(f"config file {str(file)!r} does not exist")
-        out = merge(out, read_toml(file.read_text(encoding="utf-8"), repr(str(file))))
+        out = merge(out, read_toml(read_config_text(file), repr(str(file))))
     if data is not None:
         if not isinstance(data, Mapping):
             raise ConfigError("<root>", "must be a table of sections", data, "pass a dict of sections")
+        check_nesting(data, "<root>")
         out = merge(out, drop_unset(data))
     return out
 
@@ -354,7 +399,8 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 __all__ = [
-    "ConfigError", "KINDS", "UNSET", "build_section", "build_sections", "check_root", "check_rules", "config_field",
-    "convert_value", "drop_unset", "field_docs", "merge", "nested", "plain_data", "preset_and_file", "read_toml",
+    "ConfigError", "KINDS", "MAX_CONFIG_BYTES", "MAX_NESTING", "UNSET", "build_section", "build_sections",
+    "check_nesting", "check_root", "check_rules", "config_field", "convert_value", "drop_unset", "field_docs",
+    "merge", "nested", "plain_data", "preset_and_file", "read_config_text", "read_toml",
     "section_lines", "toml_key", "toml_value", "unknown_key", "unknown_name",
 ]

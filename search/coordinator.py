@@ -9,7 +9,7 @@ generation row, then the strategy state (`ResultStore` contract) — so a search
 resumes from its last complete generation with the same trajectory and no duplicated rows.
 
 Failures inside a generation never stop the search: a job's records say ``failed``/``timeout``/
-``diverged``, `search.grid.fitness_from_rows` decides what counts, and the strategy's single
+``diverged``, `search.fitness` decides what counts (and how tasks combine), and the strategy's single
 failure policy ranks the rest.
 """
 from __future__ import annotations
@@ -28,8 +28,11 @@ from evoloss.losses.versions import evoloss_version
 from evoloss.results.queries import best_candidate
 from evoloss.results.schema import SCHEMA_VERSION
 from evoloss.results.store import ResultStore
+from evoloss.search.clean_labels import fitness_clean_labels
 from evoloss.search.config import SearchConfig, config_dict, initial_genome
-from evoloss.search.grid import fitness_from_rows, grid_from_config, metric_column
+from evoloss.search.fidelity import HalvingSchedule, choose_finishers, complete_ranking, reference_jobs, with_epochs
+from evoloss.search.fitness import FitnessRule, fitness, references_from_rows
+from evoloss.search.grid import grid_from_config, left_out_line, metric_column
 from evoloss.search.strategy import CMAStrategy
 from evoloss.workers.jobs import Job
 from evoloss.workers.noise import convention_name
@@ -78,12 +81,14 @@ def decode_candidates(family_name: str, genomes: np.ndarray) -> list[LossSpec]:
 
 
 def make_jobs(generation: int, tasks: Sequence[Task], specs: Sequence[LossSpec], trainer: str,
-              actors: int) -> list[Job]:
+              actors: int, *, candidates: Sequence[int] | None = None, tag: str = "") -> list[Job]:
     """One job per task × chunk of candidates; candidates are split so that jobs ≥ actors.
 
     Chunks are contiguous and a pure function of (len(specs), len(tasks), actors), so a resumed
-    run with the same cluster size forms the same jobs.
+    run with the same cluster size forms the same jobs. ``candidates`` are the specs' indices in
+    their generation (default 0..k-1); ``tag`` marks the job ids of a later rung (`search.fidelity`).
     """
+    ids = list(range(len(specs))) if candidates is None else [int(c) for c in candidates]
     k = len(specs)
     chunks_per_task = max(1, min(k, math.ceil(max(actors, 1) / max(len(tasks), 1))))
     bounds = np.linspace(0, k, chunks_per_task + 1).round().astype(int)
@@ -93,8 +98,8 @@ def make_jobs(generation: int, tasks: Sequence[Task], specs: Sequence[LossSpec],
             lo, hi = int(bounds[c]), int(bounds[c + 1])
             if lo == hi:
                 continue
-            jobs.append(Job(job_id=f"g{generation}-t{t}-c{c}", task=task, specs=tuple(specs[lo:hi]),
-                            trainer=trainer, candidates=tuple(range(lo, hi))))
+            jobs.append(Job(job_id=f"g{generation}-{tag}t{t}-c{c}", task=task, specs=tuple(specs[lo:hi]),
+                            trainer=trainer, candidates=tuple(ids[lo:hi])))
     return jobs
 
 
@@ -125,7 +130,7 @@ def record_to_row(rec: Mapping[str, Any], task: Task, *, run_id: str, generation
         "torch_version": rec.get("torch_version") or "",
         "schema_version": SCHEMA_VERSION, "extra": rec.get("extra") or {},
         "execution": rec.get("execution") or "", "execution_note": rec.get("execution_note") or "",
-        "protocol": rec.get("protocol") or "", "clean_labels_used": int(rec.get("clean_labels_used", 0)),
+        "protocol": rec.get("protocol") or "default", "clean_labels_used": int(rec.get("clean_labels_used", 0)),
         "fitness_rule": fitness_rule, "fidelity": float(rec.get("fidelity", 1.0)),
         "version_change": version_change,
     }
@@ -136,7 +141,11 @@ def _rows_from_results(results: Sequence[Any], jobs: Sequence[Job], **row_args: 
     rows = []
     for res in results:
         job = by_id[res.job_id]
-        rows.extend(record_to_row(rec, job.task, **row_args) for rec in res.records)
+        clean = fitness_clean_labels(job.task)  # the fitness reads the task's clean validation split
+        for rec in res.records:
+            row = record_to_row(rec, job.task, **row_args)
+            row["clean_labels_used"] = max(row["clean_labels_used"], clean)
+            rows.append(row)
     rows.sort(key=lambda r: (r["task_key"], r["candidate"]))
     return rows
 
@@ -158,27 +167,67 @@ def _generation_row(run_id: str, generation: int, fitness: Mapping[int, float], 
     }
 
 
-def generation_state(config: SearchConfig, strategy: CMAStrategy, generation: int, run_id: str) -> dict:
-    """What the store keeps after ``generation``: the strategy (exact), the config, the run id."""
-    return {"strategy": strategy.state(), "generation": generation, "config": config_dict(config), "run_id": run_id}
+def generation_state(config: SearchConfig, strategy: CMAStrategy, generation: int, run_id: str,
+                     references: Mapping[str, float] | None = None) -> dict:
+    """What the store keeps after ``generation``: the strategy (exact), the config, the run id and the
+    CE references of the ``relative-ce`` fitness (`search.fidelity`)."""
+    from evoloss.search.run_dir import config_hash, current_versions  # the resume checks (search.run_dir)
+
+    data = config_dict(config)
+    return {"strategy": strategy.state(), "generation": generation, "config": data, "run_id": run_id,
+            "references": dict(sorted((references or {}).items())), "config_hash": config_hash(data),
+            "versions": current_versions()}
+
+
+def fitness_rule(config: SearchConfig) -> FitnessRule:
+    """The `search.fitness.FitnessRule` of ``config``'s ``[grid]``."""
+    g = config.grid
+    return FitnessRule(score=g.fitness, aggregate=g.aggregate, quantile=g.quantile, metric_rule=g.metric_rule)
+
+
+def halving_schedule(config: SearchConfig) -> HalvingSchedule | None:
+    """The successive-halving step of ``config`` (`search.fidelity`), or None."""
+    s = config.search
+    return None if s.low_fidelity is None else HalvingSchedule(s.low_fidelity, s.finish_share)
 
 
 def finish_generation(config: SearchConfig, strategy: CMAStrategy, store: ResultStore, *, run_id: str,
                       generation: int, genomes: np.ndarray, specs: Sequence[LossSpec], tasks: Sequence[Task],
-                      jobs: Sequence[Job], results: Sequence[Any], started: float) -> tuple[dict, list[dict]]:
+                      jobs: Sequence[Job], results: Sequence[Any], started: float,
+                      references: dict[str, float] | None = None, ref_ids: frozenset[str] = frozenset(),
+                      low_ids: frozenset[str] = frozenset(),
+                      finishers: Sequence[int] | None = None, version_change: str = "") -> tuple[dict, list[dict]]:
     """Rows → fitness → tell → generation row → store → state, the one order every engine follows.
 
+    ``references`` (updated in place from the CE jobs ``ref_ids``), ``low_ids`` (the low-fidelity
+    jobs) and ``finishers`` come from a successive-halving generation (`search.fidelity`).
     Returns the generation row and the evaluation rows. The state is saved last, so a crash before it
     leaves the generation incomplete and a resume redoes it (results.store contract).
     """
-    rule = config.grid.metric_rule
-    rows = _rows_from_results(results, jobs, run_id=run_id, generation=generation, metric_rule=rule)
-    fitness = fitness_from_rows(rows, rule, candidates=range(len(specs)))
-    strategy.tell(genomes, [fitness[c] for c in range(len(specs))])
+    rule, metric = fitness_rule(config), config.grid.metric_rule
+    refs = references if references is not None else {}
+    row_args = dict(run_id=run_id, generation=generation, metric_rule=metric, fitness_rule=rule.name,
+                    version_change=version_change)
+    refs.update(references_from_rows(_rows_from_results([r for r in results if r.job_id in ref_ids], jobs,
+                                                        **row_args), metric))
+    main = [r for r in results if r.job_id not in ref_ids]
+    rows = _rows_from_results([r for r in main if r.job_id not in low_ids], jobs, **row_args)
+    fit = fitness(rows, rule, candidates=range(len(specs)), references=refs)
+    told = fit
+    if low_ids:
+        schedule = halving_schedule(config)
+        low_rows = _rows_from_results([r for r in main if r.job_id in low_ids], jobs, **row_args)
+        for row in low_rows:
+            row["fidelity"] = schedule.fidelity(config.train.epochs) if schedule else row["fidelity"]
+        low = fitness(low_rows, rule, candidates=range(len(specs)), references=refs)
+        fit = {c: (fit[c] if c in set(finishers or ()) else math.nan) for c in fit}
+        told = complete_ranking(fit, low, finishers or (), config.search.failure_margin)
+        rows = sorted(low_rows + rows, key=lambda r: (r["task_key"], r["fidelity"], r["candidate"]))
+    strategy.tell(genomes, [told[c] for c in range(len(specs))])
     wall = time.perf_counter() - started
-    gen_row = _generation_row(run_id, generation, fitness, specs, strategy, rows, wall, [t.key() for t in tasks])
+    gen_row = _generation_row(run_id, generation, fit, specs, strategy, rows, wall, [t.key() for t in tasks])
     store.append(generation, rows, gen_row)
-    store.save_state(generation, generation_state(config, strategy, generation, run_id))
+    store.save_state(generation, generation_state(config, strategy, generation, run_id, refs))
     return gen_row, rows
 
 
@@ -192,6 +241,9 @@ class GenerationPlan:
     tasks: list[Task]
     jobs: list[Job]
     started: float  # perf_counter() when the generation was asked (its generation row's wall_s)
+    ref_ids: frozenset[str] = frozenset()  # CE reference jobs (relative-ce fitness)
+    low_ids: frozenset[str] = frozenset()  # low-fidelity jobs (successive halving)
+    finishers: list[int] | None = None  # candidates that train the full budget (after the low rung)
 
 
 class GenerationLoop:
@@ -204,11 +256,16 @@ class GenerationLoop:
     """
 
     def __init__(self, config: SearchConfig, store: ResultStore, *, run_id: str, progress: ProgressFn | None = None,
-                 max_new_generations: int | None = None) -> None:
+                 max_new_generations: int | None = None, version_change: str = "") -> None:
         self.config, self.store, self.run_id = config, store, run_id
+        self.version_change = version_change  # recorded in every row this loop writes (an allowed resume)
         self.say: ProgressFn = progress or (lambda _line: None)
         self.max_new_generations = max_new_generations
         self.grid = grid_from_config(config)
+        self.rule, self.schedule = fitness_rule(config), halving_schedule(config)
+        self.references: dict[str, float] = {}
+        if self.grid.left_out:
+            self.say(left_out_line(self.grid.left_out))
         saved = store.load_state()
         self.strategy: CMAStrategy
         self.resumed_from: int | None
@@ -219,8 +276,10 @@ class GenerationLoop:
     def restore(self, generation: int | None, state: Mapping[str, Any] | None) -> None:
         """Continue after ``generation`` from its stored ``state`` (None, None: from the start)."""
         self.strategy = make_strategy(self.config)
+        self.references = {}
         if state is not None:
             self.strategy.restore(state["strategy"])
+            self.references = {str(k): float(v) for k, v in (state.get("references") or {}).items()}
         self.resumed_from = generation
 
     def finished(self) -> bool:
@@ -242,8 +301,34 @@ class GenerationLoop:
         genomes = self.strategy.ask()
         specs = decode_candidates(self.config.search.family, genomes)
         tasks = self.grid.tasks_for_generation(g)
-        jobs = make_jobs(g, tasks, specs, self.config.train.trainer, actors)
-        return GenerationPlan(index=g, genomes=genomes, specs=specs, tasks=tasks, jobs=jobs, started=started)
+        trainer, low_ids = self.config.train.trainer, frozenset()
+        if self.schedule is None:
+            jobs = make_jobs(g, tasks, specs, trainer, actors)
+        else:
+            low = [with_epochs(t, self.schedule.low_epochs(self.config.train.epochs)) for t in tasks]
+            jobs = make_jobs(g, low, specs, trainer, actors, tag="low-")
+            low_ids = frozenset(j.job_id for j in jobs)
+        refs = reference_jobs(g, tasks, self.references, trainer) if self.rule.needs_reference else []
+        return GenerationPlan(index=g, genomes=genomes, specs=specs, tasks=tasks, jobs=jobs + refs, started=started,
+                              ref_ids=frozenset(j.job_id for j in refs), low_ids=low_ids)
+
+    def more_jobs(self, plan: GenerationPlan, results: Sequence[Any], actors: int) -> list[Job]:
+        """The next rung's jobs after ``results`` (those of ``plan.jobs`` so far), appended to
+        ``plan.jobs``; [] when the generation is complete (`search.fidelity`: the finishers)."""
+        if self.schedule is None or plan.finishers is not None:
+            return []
+        refs = dict(self.references)
+        metric, rule = self.config.grid.metric_rule, self.rule
+        args = dict(run_id=self.run_id, generation=plan.index, metric_rule=metric)
+        refs.update(references_from_rows(_rows_from_results([r for r in results if r.job_id in plan.ref_ids],
+                                                            plan.jobs, **args), metric))
+        low_rows = _rows_from_results([r for r in results if r.job_id in plan.low_ids], plan.jobs, **args)
+        low = fitness(low_rows, rule, candidates=range(len(plan.specs)), references=refs)
+        plan.finishers = choose_finishers(low, self.schedule.finishers(len(plan.specs)))
+        extra = make_jobs(plan.index, plan.tasks, [plan.specs[c] for c in plan.finishers], self.config.train.trainer,
+                          actors, candidates=plan.finishers, tag="full-")
+        plan.jobs = plan.jobs + extra
+        return extra
 
     def job_ended(self, plan: GenerationPlan, ended: int) -> None:
         """Progress within a generation: ``ended`` of its jobs have ended."""
@@ -254,7 +339,9 @@ class GenerationLoop:
         returns its generation row."""
         gen_row, rows = finish_generation(self.config, self.strategy, self.store, run_id=self.run_id,
                                           generation=plan.index, genomes=plan.genomes, specs=plan.specs,
-                                          tasks=plan.tasks, jobs=plan.jobs, results=results, started=plan.started)
+                                          tasks=plan.tasks, jobs=plan.jobs, results=results, started=plan.started,
+                                          references=self.references, ref_ids=plan.ref_ids, low_ids=plan.low_ids,
+                                          finishers=plan.finishers, version_change=self.version_change)
         self.train_s += sum(r["wall_s"] for r in rows)
         self.done_now += 1
         self.history.append(gen_row)
@@ -269,15 +356,18 @@ class GenerationLoop:
 
 
 def run_search(config: SearchConfig, pool: JobRunnerPool, store: ResultStore, *, run_id: str,
-               progress: ProgressFn | None = None, max_new_generations: int | None = None) -> SearchSummary:
+               progress: ProgressFn | None = None, max_new_generations: int | None = None,
+               version_change: str = "") -> SearchSummary:
     """Run (or resume) the search of ``config`` until the strategy stops.
 
     Resumes from ``store.load_state()`` when the store holds a complete generation. Returns the
     summary; every generation is already stored when this returns (or raises).
     ``max_new_generations`` stops early after that many generations of this call (tests use it to
-    simulate an interrupted run).
+    simulate an interrupted run). ``version_change`` (e.g. ``"torch 2.14.1 -> 2.15.0"``, a resume
+    across versions that was allowed) goes into the ``version_change`` column of every new row.
     """
-    loop = GenerationLoop(config, store, run_id=run_id, progress=progress, max_new_generations=max_new_generations)
+    loop = GenerationLoop(config, store, run_id=run_id, progress=progress, max_new_generations=max_new_generations,
+                          version_change=version_change)
     while not loop.finished():
         plan = loop.start(pool.size)
         ended = [0]
@@ -287,6 +377,8 @@ def run_search(config: SearchConfig, pool: JobRunnerPool, store: ResultStore, *,
             loop.job_ended(plan, ended[0])
 
         results = pool.run_jobs(plan.jobs, timeout_s=config.cluster.timeout_s, on_result=on_result)
+        while extra := loop.more_jobs(plan, results, pool.size):  # successive halving's next rung
+            results = results + pool.run_jobs(extra, timeout_s=config.cluster.timeout_s, on_result=on_result)
         loop.finish(plan, results)
     return loop.summary()
 

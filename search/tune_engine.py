@@ -31,7 +31,7 @@ one directory per trial named after its job); Tune's experiment checkpoint gets 
 the searcher (`CMASearcher.save`; Tune names the file ``searcher-state-*.pkl``), but resume goes
 through the store (``evoloss search --resume``), never through ``Tuner.restore``. When Ray is
 already initialised in this process (tests, notebooks) the search uses it; otherwise Ray is
-started with `search.ray_runtime.start_ray`.
+started as the native engine starts it (`search.engine.owned_ray`).
 """
 from __future__ import annotations
 
@@ -52,7 +52,6 @@ from evoloss.search.ray_runtime import ray, tune_api
 from evoloss.search.coordinator import GenerationLoop, GenerationPlan, ProgressFn, SearchSummary, generation_state
 from evoloss.search.dispatch import actor_count, dispatch_order
 from evoloss.search.strategy import CMAStrategy
-from evoloss.search.ray_runtime import start_ray
 from evoloss.workers.jobs import (
     DEFAULT_MATERIALIZER, DEFAULT_TRAINER_MODULES, Job, JobResult, JobRunner, failure_records, pick_device,
     threads_for,
@@ -342,12 +341,15 @@ def trial_dirname(trial: Any) -> str:
 
 @contextlib.contextmanager
 def _connected_ray(cluster: ClusterSection, run_dir: Path, address: str | None) -> Iterator[None]:
-    """Use the Ray this process is already connected to (``address`` is then not used), else `start_ray`
-    (embedded, or joining ``address``)."""
+    """Use the Ray this process is already connected to (``address`` is then not used), else start one
+    the way the native engine does (`search.engine.owned_ray`: a killed predecessor's Ray ended first,
+    this one recorded by exact identity; embedded, or joining ``address``)."""
     if ray.is_initialized():
         yield
         return
-    with start_ray(address or cluster.address, num_cpus=cluster.num_cpus, temp_dir=Path(run_dir) / "ray"):
+    from evoloss.search.engine import owned_ray
+
+    with owned_ray(cluster, Path(run_dir), address=address):
         yield
 
 
@@ -391,7 +393,7 @@ def make_tuner(searcher: CMASearcher, cluster: ClusterSection, storage_path: Pat
 def run_search_tune(config: SearchConfig, store: ResultStore, *, run_id: str, run_dir: str | Path,
                     address: str | None = None, progress: ProgressFn | None = None,
                     options: TuneEngineOptions | None = None,
-                    max_new_generations: int | None = None) -> SearchSummary:
+                    max_new_generations: int | None = None, version_change: str = "") -> SearchSummary:
     """Run (or resume) the search of ``config`` under ``ray.tune.Tuner``; the same rows as `run_search`.
 
     Args:
@@ -400,6 +402,7 @@ def run_search_tune(config: SearchConfig, store: ResultStore, *, run_id: str, ru
         address: a Ray cluster to join (default ``config.cluster.address``, else an embedded Ray).
         options: what the actors import and how many times a dead trial is re-run.
         max_new_generations: stop after that many generations of this call (tests: an interrupted run).
+        version_change: recorded in every new row (a resume across versions that was allowed).
     Raises:
         whatever stopped the generation step (e.g. the store), after Tune has shut its trials down.
     """
@@ -409,6 +412,7 @@ def run_search_tune(config: SearchConfig, store: ResultStore, *, run_id: str, ru
         actors = actor_count(ray.cluster_resources(), cluster.cpus_per_actor, cluster.gpus_per_actor)
         searcher = CMASearcher(config, store, run_id=run_id, actors=actors, options=options, progress=progress,
                                max_new_generations=max_new_generations)
+        searcher.loop.version_change = version_change
         name = f"tune-gen{searcher.strategy.generation:06d}-{_dt.datetime.now():%Y%m%d-%H%M%S-%f}"
         if not searcher.finished():
             with _tune_environment():

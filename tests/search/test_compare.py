@@ -208,7 +208,9 @@ def test_quick_preset_compares_all_three_kinds_on_seen_and_unseen_tasks() -> Non
                      "nce+mae": ("loss", "nce_mae"), "gce-tuned": ("tuned", "gce"),
                      "evolved": ("search", "runs/quickstart/search"),
                      "evolved-mean": ("plugin", None), "l2b": ("trainer", "l2b"),
-                     "mwnet": ("trainer", "mwnet"), "adaptive-gce": ("trainer", "adaptive-gce")}
+                     "mwnet": ("trainer", "mwnet"), "adaptive-gce": ("trainer", "adaptive-gce"),
+                     "narl-gce": ("trainer", "narl-gce"), "dynamic": ("trainer", "dynamic"),
+                     "cleanlab": ("cleanlab", None)}
     search = load_config(preset="quick")  # what the quick search trains on
     searched = {(t.dataset, t.arch, t.noise.kind, t.noise.rate, t.noise.convention)
                 for t in grid_from_config(search).tasks()}
