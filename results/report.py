@@ -146,6 +146,7 @@ def run_kinds(rows: RunRows) -> tuple[str, ...]:
 METRIC_TEXT = {
     "test_acc_last": "clean test accuracy after the last epoch",
     "test_acc_best": "clean test accuracy at the epoch of best clean validation accuracy",
+    "test_acc_noisy": "clean test accuracy at the epoch of best noisy-validation accuracy (gao-arl Table 3)",
     "val_acc_last": "clean validation accuracy after the last epoch",
     "val_acc_best": "best clean validation accuracy over the epochs",
 }

@@ -30,6 +30,8 @@ val_acc_best           float64          best clean validation accuracy over the 
 test_acc_last          float64          clean test accuracy after the last epoch
 test_acc_best          float64          clean test accuracy at the best-validation epoch
 noisy_val_acc_best     float64          best accuracy on the noisy validation split (NaN: none)
+test_acc_noisy         float64          clean test accuracy at the best noisy-validation epoch (gao-arl
+                                        Table 3's early stopping on noisy labels; NaN: no noisy split)
 best_epoch             int64            epoch of val_acc_best (0-based; -1: none)
 epochs_run             int64            epochs actually trained
 curve_val              list<float64>    clean validation accuracy per epoch (learning curve)
@@ -58,7 +60,7 @@ version_change         string           "" or the evoloss/torch version change a
 =====================  ===============  ==========================================================
 
 Schema history: 1 — first release; 2 — execution, execution_note, protocol, clean_labels_used,
-fitness_rule, fidelity, version_change added (the population trainer's path, the paper protocols,
+fitness_rule, fidelity, version_change and test_acc_noisy added (the population trainer's path, the paper protocols,
 equal-clean-budget comparisons, multi-fidelity fitness, resumes across versions).
 
 Generation rows (`GENERATION_SCHEMA`, one per CMA-ES generation):
@@ -99,7 +101,7 @@ import pyarrow as pa
 SCHEMA_VERSION = 2
 STATUSES = ("ok", "diverged", "failed", "timeout")
 METHOD_KINDS = ("", "hand-designed", "evolved", "meta-learned")
-METRIC_RULES = ("last", "best")
+METRIC_RULES = ("last", "best", "noisy")
 JSON_COLUMNS = frozenset({"params", "extra", "best_params", "grid_subset"})
 
 _S, _F, _I = pa.string(), pa.float64(), pa.int64()
@@ -108,7 +110,7 @@ _EVAL_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
     ("family", _S), ("params", _S), ("dataset", _S), ("arch", _S), ("noise_type", _S),
     ("noise_rate", _F), ("noise_convention", _S), ("noise_rate_realised", _F), ("seed", _I),
     ("task_key", _S), ("status", _S), ("error", _S), ("val_acc_last", _F), ("val_acc_best", _F),
-    ("test_acc_last", _F), ("test_acc_best", _F), ("noisy_val_acc_best", _F), ("best_epoch", _I),
+    ("test_acc_last", _F), ("test_acc_best", _F), ("noisy_val_acc_best", _F), ("test_acc_noisy", _F), ("best_epoch", _I),
     ("epochs_run", _I), ("curve_val", pa.list_(_F)), ("train_loss_last", _F), ("wall_s", _F),
     ("device", _S), ("host", _S), ("trainer", _S), ("metric_rule", _S), ("fitness_metric", _S),
     ("evoloss_version", _S), ("torch_version", _S), ("schema_version", _I), ("extra", _S),

@@ -28,7 +28,7 @@ import pandas as pd
 
 KIND_ORDER = {"hand-designed": 0, "evolved": 1, "meta-learned": 2, "": 3}
 SPLITS = ("seen", "held-out")
-METRICS = ("test_acc_last", "test_acc_best", "val_acc_last", "val_acc_best")
+METRICS = ("test_acc_last", "test_acc_best", "test_acc_noisy", "val_acc_last", "val_acc_best")
 RANK_DECIMALS = 2
 REASON_WIDTH = 40
 GROUP_REASON_WIDTH = 60
@@ -95,7 +95,8 @@ def resolve_metric(df: pd.DataFrame, metric: str | None = None) -> str:
     """The column a compare table reads: ``metric`` if given, else test accuracy at the rows' rule.
 
     Default: ``test_acc_last`` when the rows' ``metric_rule`` is "last" (gao-arl: accuracy at
-    convergence), ``test_acc_best`` (test accuracy at the best-validation epoch) when it is "best".
+    convergence), ``test_acc_best`` (test accuracy at the best-validation epoch) when it is "best",
+    ``test_acc_noisy`` (at the best noisy-validation epoch, gao-arl Table 3) when it is "noisy".
     Raises ValueError for an unknown metric or rows that mix rules.
     """
     if metric is not None:

@@ -8,7 +8,7 @@ fitness reads, `fitness_clean_labels`):
 - a fixed loss (``kind = "loss"`` / ``"plugin"``): 0, or the task's validation rows when the
   metric rule is ``best`` (the epoch is chosen on the clean validation split);
 - ``tuned``: the task's validation rows (the grid point is chosen on them; ``best`` picks the epoch
-  on the same rows, so they count once);
+  on the same rows, so they count once); 0 under ``noisy``, which selects on the noisy validation split;
 - ``search`` (an evolved loss): the distinct clean validation rows its search's fitness read, over
   all its tasks (`search_clean_labels`), plus this task's validation rows under ``best``;
 - ``trainer`` (meta-learned): the run's meta set (the trainer's ``clean_labels_used``; 0 for the
@@ -55,9 +55,12 @@ def val_rows(task: Task) -> int:
     return int(len(val_indices(task)))
 
 
-def fitness_clean_labels(task: Task) -> int:
-    """Clean labels a search row's fitness read: ``task``'s validation rows; 0 when the driver cannot
-    load the dataset (a dataset that exists only on the workers), so a search never fails on the count."""
+def fitness_clean_labels(task: Task, metric_rule: str = "last") -> int:
+    """Clean labels a search row's fitness read: ``task``'s validation rows — none under the ``noisy``
+    rule (gao-arl Table 3 reads a noisy validation split); 0 when the driver cannot load the dataset
+    (a dataset that exists only on the workers), so a search never fails on the count."""
+    if metric_rule == "noisy":
+        return 0
     try:
         return val_rows(task)
     except (ValueError, OSError, KeyError):
@@ -70,7 +73,10 @@ def search_clean_labels(run_dir: str | Path) -> int:
     from evoloss.search.run_dir import load_run_config
 
     rows: dict[tuple[str, str | None], set[int]] = {}
-    for task in grid_from_config(load_run_config(Path(run_dir))).tasks():
+    grid = grid_from_config(load_run_config(Path(run_dir)))
+    if grid.metric_rule == "noisy":
+        return 0
+    for task in grid.tasks():
         rows.setdefault((task.dataset, task.data_dir), set()).update(int(i) for i in val_indices(task))
     return sum(len(v) for v in rows.values())
 
@@ -82,7 +88,7 @@ def row_clean_labels(kind: str, record: Mapping[str, Any], task: Task, *, metric
     if kind in ("loss", "plugin"):
         return val_rows(task) if selecting else 0
     if kind == "tuned":
-        return val_rows(task)
+        return 0 if metric_rule == "noisy" else val_rows(task)
     if kind == "search":
         return search_labels + (val_rows(task) if selecting else 0)
     meta = int(record.get("clean_labels_used") or 0)

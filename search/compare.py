@@ -236,7 +236,8 @@ def _finite(value: Any) -> bool:
 
 def select_tuned(records: Sequence[Mapping[str, Any]], metric_rule: str) -> int | None:
     """Index of the grid point a tuned method reports: the highest clean-validation metric
-    (``val_acc_<rule>``) among ``ok`` records with a finite value, ties to the lowest index; None if none."""
+    (``val_acc_<rule>``; ``noisy_val_acc_best`` under ``noisy``) among ``ok`` records with a finite value,
+    ties to the lowest index; None if none."""
     column = metric_column(metric_rule)
     best: int | None = None
     for i, rec in enumerate(records):

@@ -51,6 +51,7 @@ from evoloss.search.config import (
     canonical_file_datasets,
     check_cluster,
     check_noise,
+    check_metric_rule,
     check_task_names,
     check_train,
     load_plugin_modules,
@@ -90,7 +91,8 @@ _KIND_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # kind -> (r
 @dataclass(frozen=True, kw_only=True)
 class CompareSection:
     metric_rule: str = _f("last", "report test accuracy at the last epoch (last) or at the best-validation epoch "
-                          "(best); tuned methods select on val_acc_<rule>", "str", choices=("last", "best"))
+                          "(best) or at the best noisy-validation epoch (noisy: gao-arl Table 3, needs train.noisy_val); tuned methods "
+                          "select on the column the rule reads", "str", choices=("last", "best", "noisy"))
     meta_per_class: int = _f(10, "clean meta samples per class carved from every task's pool (meta-learned methods "
                              "train on them; every method sees the same train/val/test splits)", "int", min=0)
     clean_budget: int = _f(0, "hold the clean-label budget equal: every task's clean validation split has this many "
@@ -347,6 +349,7 @@ def parse_compare_config(data: Mapping[str, Any]) -> CompareConfig:
     parts.update({name: build_sections(cls, data[name], name) for name, cls in _LISTS.items()})
     config = CompareConfig(**parts)
     check_train(config.train)  # the search config's train.val/test rules
+    check_metric_rule("compare.metric_rule", config.compare.metric_rule, config.train)
     check_cluster(config.cluster)  # and its [cluster] rules (address form, GPU share)
     if config.cluster.engine != "native":
         raise ConfigError("cluster.engine", "must be 'native' for a compare (Ray Tune runs searches only)",

@@ -88,8 +88,9 @@ class GridSection:
     seeds: tuple[int, ...] = _f((0,), "task seeds (split, noise, initialisation)", "ints", min=0)
     mode: str = _f("ar", "ar (1 dataset) | dr (1 arch) | ardr (full product)", "str", choices=("ar", "dr", "ardr"))
     subset_size: int | None = _f(None, "tasks per generation (seeded random subset); unset = all", "int?", min=1)
-    metric_rule: str = _f("last", "fitness reads val_acc_last (last) or val_acc_best (best)", "str",
-                          choices=("last", "best"))
+    metric_rule: str = _f("last", "fitness reads val_acc_last (last), val_acc_best (best) or noisy_val_acc_best "
+                          "(noisy: gao-arl Table 3, early stopping on a noisy validation split; needs train.noisy_val)",
+                          "str", choices=("last", "best", "noisy"))
     fitness: str = _f("accuracy", "score per task: accuracy | relative-ce (over CE's, trained once per task) | "
                       "rank (normalised among the generation's candidates)", "str",
                       choices=("accuracy", "relative-ce", "rank"))
@@ -114,6 +115,8 @@ class TrainSection:
     grad_clip: float | None = _f(None, "gradient-norm clip; unset = none", "float?", gt=0.0)
     val: float = _f(0.2, "clean validation split (fraction < 1 or count >= 1)", "float", gt=0.0)
     test: float = _f(0.2, "clean test split when the dataset has none (fraction or count)", "float", min=0.0)
+    noisy_val: float = _f(0.0, "validation split that keeps its noisy labels (fraction or count; 0 = none); "
+                          "metric_rule = noisy reads it", "float", min=0.0)
     trainer: str = _f("population", "inner trainer", "str", choices=("population", "standard"))
 
 
@@ -203,13 +206,20 @@ def parse_config(data: Mapping[str, Any]) -> SearchConfig:
 # --- cross-field and registry checks -------------------------------------------------------------
 def check_train(train: TrainSection) -> None:
     """The split rules of ``[train]``: ``val``/``test`` fractions or whole counts, leaving training data."""
-    for name in ("val", "test"):
+    for name in ("val", "test", "noisy_val"):
         value = getattr(train, name)
         if value >= 1 and value != int(value):
             raise ConfigError(f"train.{name}", "must be a fraction < 1 or a whole count >= 1", value, "e.g. 0.2 or 200")
     if train.val < 1 and train.test < 1 and train.val + train.test >= 1:
         raise ConfigError("train.test", f"val + test fractions must leave training data (val = {train.val:g})",
                           train.test, "make val + test < 1")
+
+
+def check_metric_rule(key: str, rule: str, train: TrainSection) -> None:
+    """``noisy`` (gao-arl Table 3) reads a validation split that keeps its noisy labels: it must exist."""
+    if rule == "noisy" and train.noisy_val <= 0:
+        raise ConfigError(key, "reads the noisy validation split, and train.noisy_val is 0", rule,
+                          "set train.noisy_val (e.g. 0.1, or a count such as 200)")
 
 
 def check_noise(path: str, noise: tuple[NoiseSection, ...]) -> None:
@@ -254,6 +264,7 @@ def _check_relations(config: SearchConfig) -> None:
         raise ConfigError("grid.subset_size", f"exceeds the grid's {size} tasks", grid.subset_size,
                           f"use at most {size}, or leave it unset for all tasks")
     check_train(config.train)
+    check_metric_rule("grid.metric_rule", grid.metric_rule, config.train)
     check_cluster(config.cluster)
     check_noise("grid.noise", grid.noise)
     if config.cluster.engine == "tune" and (config.search.low_fidelity is not None or grid.fitness == "relative-ce"):

@@ -120,6 +120,7 @@ def record_to_row(rec: Mapping[str, Any], task: Task, *, run_id: str, generation
         "val_acc_last": float(rec["val_acc_last"]), "val_acc_best": float(rec["val_acc_best"]),
         "test_acc_last": float(rec["test_acc_last"]), "test_acc_best": float(rec["test_acc_best"]),
         "noisy_val_acc_best": float(rec.get("noisy_val_acc_best", math.nan)),
+        "test_acc_noisy": float(rec.get("test_acc_noisy", math.nan)),
         "best_epoch": int(rec.get("best_epoch", -1)), "epochs_run": int(rec.get("epochs_run", 0)),
         "curve_val": [float(v) for v in rec.get("curve_val") or []],
         "train_loss_last": float(rec.get("train_loss_last", math.nan)),
@@ -141,7 +142,8 @@ def _rows_from_results(results: Sequence[Any], jobs: Sequence[Job], **row_args: 
     rows = []
     for res in results:
         job = by_id[res.job_id]
-        clean = fitness_clean_labels(job.task)  # the fitness reads the task's clean validation split
+        # the fitness reads the task's clean validation split (none under the noisy rule)
+        clean = fitness_clean_labels(job.task, row_args.get("metric_rule", "last"))
         for rec in res.records:
             row = record_to_row(rec, job.task, **row_args)
             row["clean_labels_used"] = max(row["clean_labels_used"], clean)

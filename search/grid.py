@@ -230,7 +230,8 @@ def grid_from_config(config: SearchConfig) -> TaskGrid:
         epochs=train.epochs, batch_size=train.batch_size, optimizer=train.optimizer, lr=train.lr,
         momentum=train.momentum, weight_decay=train.weight_decay, schedule=train.schedule, grad_clip=train.grad_clip,
     )
-    splits = Splits(val=_split_size(train.val), test=_split_size(train.test), max_train=train.max_train)
+    splits = Splits(val=_split_size(train.val), test=_split_size(train.test), noisy_val=_split_size(train.noisy_val),
+                    max_train=train.max_train)
     noises = tuple(n.to_spec() for n in grid.noise)
     left_out: tuple[tuple[str, str], ...] = ()
     if grid.incompatible == "leave-out":

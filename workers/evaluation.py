@@ -184,6 +184,7 @@ class RunHistory:
             test_acc_last=self.test[-1] if self.test else math.nan,
             test_acc_best=self.test[best] if best is not None else math.nan,
             noisy_val_acc_best=self.noisy_val[noisy_best] if noisy_best is not None else math.nan,
+            test_acc_noisy=self.test[noisy_best] if noisy_best is not None else math.nan,
             best_epoch=self.eval_epochs[best] if best is not None else -1,
             epochs_run=self.epochs_run,
             curve_val=list(self.val),

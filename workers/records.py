@@ -30,6 +30,7 @@ class EvalRecord:
     test_acc_last: float = math.nan
     test_acc_best: float = math.nan
     noisy_val_acc_best: float = math.nan
+    test_acc_noisy: float = math.nan  # test accuracy at the best noisy-val epoch (gao-arl Table 3)
     best_epoch: int = -1
     epochs_run: int = 0
     curve_val: list = field(default_factory=list)

@@ -12,7 +12,7 @@ import argparse
 NAME = "report"
 HELP = "Write report.md (protocol, accuracy tables, average ranks, cost) and PNG figures for a compare or search run."
 # evoloss.results.tables.METRICS, spelled here so that --help imports no pandas (tests/test_api.py keeps them equal)
-METRICS = ("test_acc_last", "test_acc_best", "val_acc_last", "val_acc_best")
+METRICS = ("test_acc_last", "test_acc_best", "test_acc_noisy", "val_acc_last", "val_acc_best")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metric", choices=METRICS, default=None,
         help="column of the compare tables (default: test accuracy at the rows' metric_rule, "
-             "test_acc_last for 'last', test_acc_best for 'best')",
+             "test_acc_last for 'last', test_acc_best for 'best', test_acc_noisy for 'noisy')",
     )
     parser.add_argument(
         "--classes", type=int, default=10, metavar="C",

@@ -55,7 +55,7 @@ def base_row(**over: Any) -> dict[str, Any]:
         dataset="digits", arch="mlp2", noise_type="symmetric", noise_rate=0.8, noise_convention="exact",
         noise_rate_realised=0.8, seed=0, task_key="digits/mlp2/symmetric0.8-exact/s0", status="ok",
         error="", val_acc_last=math.nan, val_acc_best=math.nan, test_acc_last=math.nan,
-        test_acc_best=math.nan, noisy_val_acc_best=math.nan, best_epoch=-1, epochs_run=0, curve_val=[],
+        test_acc_best=math.nan, noisy_val_acc_best=math.nan, test_acc_noisy=math.nan, best_epoch=-1, epochs_run=0, curve_val=[],
         train_loss_last=math.nan, wall_s=0.0, device="cpu", host="worker-1", trainer="standard",
         metric_rule="last", fitness_metric="val_acc_last", evoloss_version="0.1.0", torch_version="2.14.1",
         schema_version=SCHEMA_VERSION, extra={}, execution="single", execution_note="",

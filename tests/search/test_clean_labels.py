@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,13 @@ import pytest
 
 from evoloss.results.store import MemoryStore
 from evoloss.results.tables import cost_markdown
-from evoloss.search.clean_labels import row_clean_labels, search_clean_labels, val_indices, val_rows
+from evoloss.search.clean_labels import (
+    fitness_clean_labels,
+    row_clean_labels,
+    search_clean_labels,
+    val_indices,
+    val_rows,
+)
 from evoloss.search.compare import run_compare
 from evoloss.search.compare_config import parse_compare_config
 from evoloss.search.config import GridSection, SearchConfig, TrainSection
@@ -95,3 +102,49 @@ def test_clean_budget_must_be_a_whole_number(bad):
                               "methods": [{"name": "ce", "kind": "loss", "family": "ce"}],
                               "tasks": [{"name": "t", "datasets": ["digits"], "noise": [SYM]}]})
 
+
+
+# --- gao-arl Table 3: early stopping on a noisy validation split (metric rule "noisy") -------------
+def test_noisy_rule_reads_no_clean_label():
+    rules = dict(task=TASK, meta_is_val=False)
+    assert row_clean_labels("tuned", {}, metric_rule="noisy", **rules) == 0  # selected on noisy labels
+    assert row_clean_labels("loss", {}, metric_rule="noisy", **rules) == 0
+    assert row_clean_labels("trainer", {"clean_labels_used": 50}, metric_rule="noisy", **rules) == 50  # meta set only
+    assert fitness_clean_labels(TASK, "noisy") == 0 and fitness_clean_labels(TASK, "last") == 40
+
+
+def test_noisy_rule_needs_a_noisy_split_and_the_search_grid_carries_it(tmp_path: Path):
+    from evoloss.search.config import load_config
+    from evoloss.search.config_fields import ConfigError
+    from evoloss.search.fitness import metric_column
+    from evoloss.search.grid import grid_from_config
+
+    with pytest.raises(ConfigError, match=r"grid\.metric_rule.*train\.noisy_val"):
+        load_config(None, "quick", {"grid.metric_rule": "noisy"})
+    config = load_config(None, "quick", {"grid.metric_rule": "noisy", "train.noisy_val": 0.1})
+    task = grid_from_config(config).tasks()[0]
+    assert task.splits.noisy_val == 0.1 and metric_column("noisy") == "noisy_val_acc_best"
+    create_run_dir(tmp_path / "noisy", config)
+    assert search_clean_labels(tmp_path / "noisy") == 0
+
+
+def test_noisy_rule_compare_reports_test_acc_at_the_best_noisy_epoch():
+    data = {
+        "compare": {"metric_rule": "noisy"},
+        "train": {"epochs": 3, "max_train": 100, "noisy_val": 40},
+        "methods": [{"name": "ce", "kind": "loss", "family": "ce"},
+                    {"name": "gce-tuned", "kind": "tuned", "family": "gce", "grid": {"q": [0.3, 0.9]}}],
+        "tasks": [{"name": "seen", "datasets": ["digits"], "noise": [SYM], "seeds": [0]}],
+    }
+    store = MemoryStore()
+    run_compare(parse_compare_config(data), InProcessPool(), store, run_id="noisy")
+    rows = store.read()
+    assert set(rows["status"]) == {"ok"} and set(rows["metric_rule"]) == {"noisy"}, rows["error"].tolist()
+    assert set(rows["clean_labels_used"]) == {0}
+    for _, row in rows.iterrows():  # the reported column is the test accuracy at the best noisy-val epoch
+        extra = json.loads(row["extra"])
+        assert row["test_acc_noisy"] == extra["test_acc_at_noisy_val_best"]
+    generations = store.read_generations()
+    assert generations["best_fitness"].iloc[0] == max(rows.groupby("method")["test_acc_noisy"].mean())
+    with pytest.raises(Exception, match="noisy_val"):
+        parse_compare_config({**data, "train": {"epochs": 1}})

@@ -113,6 +113,7 @@ def test_best_epoch_is_earliest_highest_val_and_test_is_taken_there() -> None:
     rec = h.to_record(LossSpec("ce"), trainer="standard", device="cpu", wall_s=1.5)
     assert (rec.best_epoch, rec.val_acc_best, rec.test_acc_best) == (1, 0.7, 0.65)
     assert (rec.val_acc_last, rec.test_acc_last, rec.noisy_val_acc_best) == (0.6, 0.8, 0.35)
+    assert rec.test_acc_noisy == 0.9  # gao-arl Table 3: test accuracy at the best noisy-val epoch (2)
     assert rec.extra == {"steps": 40, "noisy_val_best_epoch": 2, "test_acc_at_noisy_val_best": 0.9}
     assert rec.curve_val == [0.5, 0.7, 0.7, 0.6] and rec.epochs_run == 4 and rec.train_loss_last == 0.25
     assert (rec.status, rec.error, rec.wall_s, rec.trainer) == ("ok", "", 1.5, "standard")
@@ -123,6 +124,7 @@ def test_nan_val_is_never_best_and_empty_history_gives_nan() -> None:
     assert h.best_index() == 1
     rec = RunHistory().to_record(LossSpec("ce"), trainer="t", device="cpu", wall_s=0.0)
     assert rec.best_epoch == -1 and math.isnan(rec.val_acc_best) and math.isnan(rec.test_acc_last)
+    assert math.isnan(h.to_record(LossSpec("ce"), trainer="t", device="cpu", wall_s=0.0).test_acc_noisy)  # no noisy split
     assert rec.curve_val == [] and rec.extra == {"steps": 0}
 
 
