@@ -68,7 +68,7 @@ from evoloss.search.compare_config import (
 )
 from evoloss.search.clean_labels import row_clean_labels, search_clean_labels
 from evoloss.search.config import SearchConfig
-from evoloss.search.coordinator import JobRunnerPool, record_to_row
+from evoloss.search.coordinator import JobRunnerPool, record_to_row, trainer_options
 from evoloss.search.grid import TaskGrid, grid_from_config, metric_column
 from evoloss.search.run_dir import load_run_config
 from evoloss.workers.jobs import Job
@@ -199,12 +199,13 @@ def compare_tasks(config: CompareConfig) -> list[CompareTask]:
 
 
 def make_compare_jobs(tasks: Sequence[CompareTask], methods: Sequence[ResolvedMethod],
-                      loss_trainer: str, *, meta_is_val: bool = False) -> tuple[list[Job], dict[tuple[str, str], Slot]]:
+                      loss_trainer: str, *, meta_is_val: bool = False,
+                      loss_options: Mapping[str, Any] | None = None) -> tuple[list[Job], dict[tuple[str, str], Slot]]:
     """Per task: one ``loss_trainer`` job with every loss-type spec, one job per meta-learned method.
 
     Returns the jobs and, for each ``(job_id, candidate)``, the `Slot` it fills. Unresolved methods
     get no job. ``meta_is_val``: the meta-learned methods use the clean validation split as their
-    meta set (``compare.clean_budget``)."""
+    meta set (``compare.clean_budget``); ``loss_options``: the loss job's trainer options (``train.compile``)."""
     jobs: list[Job] = []
     slots: dict[tuple[str, str], Slot] = {}
     usable = [m for m in methods if not m.error]
@@ -218,7 +219,7 @@ def make_compare_jobs(tasks: Sequence[CompareTask], methods: Sequence[ResolvedMe
                 slots[(job_id, ids[-1])] = Slot(t, m.index, point)
         if specs:
             jobs.append(Job(job_id=job_id, task=ct.task, specs=tuple(specs), trainer=loss_trainer,
-                            candidates=tuple(ids)))
+                            candidates=tuple(ids), trainer_options=dict(loss_options or {})))
         for m in (m for m in usable if m.trainer):
             options = {**m.options, "meta_source": "val"} if meta_is_val and m.kind == "trainer" else dict(m.options)
             job = Job(job_id=f"t{t}-m{m.index}", task=ct.task, specs=m.specs, trainer=m.trainer,
@@ -368,7 +369,8 @@ def run_compare(config: CompareConfig, pool: JobRunnerPool, store: ResultStore, 
             say(f"compare: method {m.name!r} is failed everywhere: {m.error.splitlines()[0]}\n")
     tasks = compare_tasks(config)
     meta_is_val = config.compare.clean_budget > 0
-    jobs, slots = make_compare_jobs(tasks, methods, config.train.trainer, meta_is_val=meta_is_val)
+    jobs, slots = make_compare_jobs(tasks, methods, config.train.trainer, meta_is_val=meta_is_val,
+                                    loss_options=trainer_options(config))
     say(f"compare: {len(methods)} methods × {len(tasks)} tasks = {len(jobs)} jobs on {pool.size} actor(s)\n")
     results = pool.run_jobs(jobs, timeout_s=config.cluster.timeout_s,
                             on_result=_progress(say, len(jobs), start)) if jobs else []

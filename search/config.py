@@ -118,6 +118,8 @@ class TrainSection:
     noisy_val: float = _f(0.0, "validation split that keeps its noisy labels (fraction or count; 0 = none); "
                           "metric_rule = noisy reads it", "float", min=0.0)
     trainer: str = _f("population", "inner trainer", "str", choices=("population", "standard"))
+    compile: str = _f("auto", "population trainer: torch.compile its training step: auto (on CUDA only; on CPU "
+                      "the warm-up outweighs a short search) | on | off", "str", choices=("auto", "on", "off"))
 
 
 @dataclass(frozen=True, kw_only=True)

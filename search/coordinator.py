@@ -80,8 +80,15 @@ def decode_candidates(family_name: str, genomes: np.ndarray) -> list[LossSpec]:
     return [LossSpec(family_name, family.decode(g)) for g in np.asarray(genomes)]
 
 
+def trainer_options(config: Any) -> dict[str, Any]:
+    """The inner trainer's options from a search or compare config's ``[train]`` (the population
+    trainer's ``compile``)."""
+    return {"compile": config.train.compile} if config.train.trainer == "population" else {}
+
+
 def make_jobs(generation: int, tasks: Sequence[Task], specs: Sequence[LossSpec], trainer: str,
-              actors: int, *, candidates: Sequence[int] | None = None, tag: str = "") -> list[Job]:
+              actors: int, *, candidates: Sequence[int] | None = None, tag: str = "",
+              options: Mapping[str, Any] | None = None) -> list[Job]:
     """One job per task × chunk of candidates; candidates are split so that jobs ≥ actors.
 
     Chunks are contiguous and a pure function of (len(specs), len(tasks), actors), so a resumed
@@ -99,7 +106,7 @@ def make_jobs(generation: int, tasks: Sequence[Task], specs: Sequence[LossSpec],
             if lo == hi:
                 continue
             jobs.append(Job(job_id=f"g{generation}-{tag}t{t}-c{c}", task=task, specs=tuple(specs[lo:hi]),
-                            trainer=trainer, candidates=tuple(ids[lo:hi])))
+                            trainer=trainer, candidates=tuple(ids[lo:hi]), trainer_options=dict(options or {})))
     return jobs
 
 
@@ -303,14 +310,14 @@ class GenerationLoop:
         genomes = self.strategy.ask()
         specs = decode_candidates(self.config.search.family, genomes)
         tasks = self.grid.tasks_for_generation(g)
-        trainer, low_ids = self.config.train.trainer, frozenset()
+        trainer, options, low_ids = self.config.train.trainer, trainer_options(self.config), frozenset()
         if self.schedule is None:
-            jobs = make_jobs(g, tasks, specs, trainer, actors)
+            jobs = make_jobs(g, tasks, specs, trainer, actors, options=options)
         else:
             low = [with_epochs(t, self.schedule.low_epochs(self.config.train.epochs)) for t in tasks]
-            jobs = make_jobs(g, low, specs, trainer, actors, tag="low-")
+            jobs = make_jobs(g, low, specs, trainer, actors, tag="low-", options=options)
             low_ids = frozenset(j.job_id for j in jobs)
-        refs = reference_jobs(g, tasks, self.references, trainer) if self.rule.needs_reference else []
+        refs = reference_jobs(g, tasks, self.references, trainer, options) if self.rule.needs_reference else []
         return GenerationPlan(index=g, genomes=genomes, specs=specs, tasks=tasks, jobs=jobs + refs, started=started,
                               ref_ids=frozenset(j.job_id for j in refs), low_ids=low_ids)
 
@@ -328,7 +335,7 @@ class GenerationLoop:
         low = fitness(low_rows, rule, candidates=range(len(plan.specs)), references=refs)
         plan.finishers = choose_finishers(low, self.schedule.finishers(len(plan.specs)))
         extra = make_jobs(plan.index, plan.tasks, [plan.specs[c] for c in plan.finishers], self.config.train.trainer,
-                          actors, candidates=plan.finishers, tag="full-")
+                          actors, candidates=plan.finishers, tag="full-", options=trainer_options(self.config))
         plan.jobs = plan.jobs + extra
         return extra
 

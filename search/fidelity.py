@@ -102,8 +102,9 @@ def complete_ranking(full: Mapping[int, float], low: Mapping[int, float], finish
 
 
 def reference_jobs(generation: int, tasks: Sequence[Task], references: Mapping[str, float],
-                   trainer: str) -> list[Job]:
+                   trainer: str, options: Mapping | None = None) -> list[Job]:
     """One CE job per task of the generation that has no reference yet (full budget, candidate 0)."""
     spec = LossSpec(REFERENCE_FAMILY, {})
-    return [Job(job_id=f"g{generation}-ref-t{t}", task=task, specs=(spec,), trainer=trainer, candidates=(0,))
+    return [Job(job_id=f"g{generation}-ref-t{t}", task=task, specs=(spec,), trainer=trainer, candidates=(0,),
+                trainer_options=dict(options or {}))
             for t, task in enumerate(tasks) if task.key() not in references]

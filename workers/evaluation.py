@@ -193,6 +193,7 @@ class RunHistory:
             device=str(device),
             trainer=trainer,
             extra=extra,
+            execution="single",  # one model; the population trainer overrides it for its members
         )
 
 

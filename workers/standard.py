@@ -119,12 +119,10 @@ class StandardTrainer:
         except Exception as exc:  # a failed run is a record, never an exception (workers.trainer)
             record = failed_record(spec, exc, trainer=self.name, device=str(dev),
                                    wall_s=time.perf_counter() - start, history=history)
-            record.execution = "single"
             return record
         status = "ok" if reason is None else "diverged"
         record = history.to_record(spec, trainer=self.name, device=str(dev), wall_s=time.perf_counter() - start,
                                    status=status, error=reason or "")
-        record.execution = "single"
         return record
 
     def _train(

@@ -269,6 +269,10 @@ def test_jobs_group_losses_per_task_and_give_each_meta_method_its_own() -> None:
     assert slots[("t1-losses", "m1-p1")] == Slot(task=1, method=1, point=1)
     assert slots[("t1-m3", "m3")] == Slot(task=1, method=3) and len(slots) == 2 * 4
     assert all(slot.method != 2 for slot in slots.values())  # the unresolved plugin has no job
+    assert dict(losses_job.trainer_options) == {}
+    compiled, _ = make_compare_jobs([task], methods, "population", loss_options={"compile": "off"})
+    assert dict(compiled[0].trainer_options) == {"compile": "off"}  # train.compile reaches the loss job
+    assert dict(compiled[1].trainer_options) == {"variant": "alpha0"}  # not the meta-learned methods'
 
 
 # --- tuned selection (independent of any training) -----------------------------------------------

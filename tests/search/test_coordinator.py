@@ -97,6 +97,31 @@ def test_make_jobs_splits_candidates_to_fill_actors():
     assert [len(j.specs) for j in many] == [8] * 5
 
 
+@pytest.mark.parametrize("mode", ["off", "auto"])
+def test_train_compile_reaches_the_population_trainer_and_the_rows(mode):
+    """``train.compile`` is the population trainer's ``compile`` option: every job carries it, every row
+    says which path ran (on this CPU-only test ``auto`` stays eager and says so)."""
+    config = _config(**{"train.trainer": "population", "train.compile": mode, "search.generations": 1})
+    store = MemoryStore()
+    run_search(config, InProcessPool(), store, run_id="r")
+    evals = store.read()
+    assert set(evals["execution"]) == {"stacked"}
+    expected = "not compiled: compile='off'" if mode == "off" else "not compiled: compile='auto' compiles on CUDA only"
+    assert set(evals["execution_note"]) == {expected}
+
+
+def test_train_compile_is_refused_outside_its_choices():
+    with pytest.raises(Exception, match="train.compile"):
+        _config(**{"train.compile": "yes"})
+
+
+def test_meta_and_standard_records_say_single_execution():
+    config = _config(**{"search.generations": 1})
+    store = MemoryStore()
+    run_search(config, InProcessPool(), store, run_id="r")
+    assert set(store.read()["execution"]) == {"single"}
+
+
 def test_export_best_is_loadable(tmp_path):
     from evoloss.search.api import export
     from evoloss.search.run_dir import create_run_dir

@@ -256,6 +256,7 @@ class CompiledSteps:
         self.member_w = torch.zeros(slots, dtype=dtype, device=dev)
         self.member_w[:live] = 1
         self.lr = torch.zeros((), dtype=dtype, device=dev)
+        self._lr_value = 0.0
         self.adam_steps = 0
         self.fn = compiled_step(self.plan, x_like, backend)
         self.backend = backend
@@ -268,7 +269,9 @@ class CompiledSteps:
 
     def step(self, x: torch.Tensor, y: torch.Tensor, row_w: torch.Tensor, lr: float, loss_sum: torch.Tensor) -> None:
         """One update of every slot; adds each slot's batch loss to ``loss_sum``."""
-        self.lr.fill_(lr)
+        if lr != self._lr_value:  # the schedule changes it once per epoch at most
+            self.lr.fill_(lr)
+            self._lr_value = lr
         if self.optim.name == "adam":  # StackedAdam's bias corrections, as tensors
             self.adam_steps += 1
             beta1, beta2 = ADAM_BETAS

@@ -47,6 +47,7 @@ class StackedRun:
         self.dev, self.note = dev, ""
         self.x_train, self.y_train = data.x_train.to(dev), data.y_train.to(dev)
         self.splits = EvalSplits.from_task_data(data, dev)
+        self.eval_x, self.eval_parts = _joined_splits(self.splits)
         self.slots: list[int | None] = list(range(len(specs)))
         self.histories = [RunHistory() for _ in specs]
         self.outcomes: dict[int, tuple[str, str]] = {}  # original index -> (status, error)
@@ -76,9 +77,8 @@ class StackedRun:
             self.compiled = CompiledSteps(net, losses.families, losses.params, k, self.optim,
                                           self.task.budget.grad_clip, x, self.trainer.compile_backend)
             self.compiled.warm_up(x, y, row_w)
-            for split in (self.splits.x_val, self.splits.x_test, self.splits.x_noisy_val):
-                if split is not None and len(split):
-                    self.compiled.predict(split, self._eval_rows(slots))
+            if len(self.eval_x):
+                self.compiled.predict(self.eval_x, self._eval_rows(slots))
         except Exception as exc:  # noqa: BLE001 — any compile problem: the eager step trains instead
             self.compiled = None
             text = " ".join(f"{type(exc).__name__}: {exc}".split())
@@ -90,16 +90,32 @@ class StackedRun:
 
     def _padded_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``idx``'s rows padded to the batch size with copies of its own rows, and the row weights."""
-        size, batch = len(idx), self.task.budget.batch_size
-        batch = min(batch, len(self.y_train))
+        idx, w = self._padded_index(idx)
+        idx = idx.to(self.dev, non_blocking=True)
+        return self.x_train[idx], self.y_train[idx], w
+
+    def _padded_index(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``idx`` padded to the batch size with copies of its own rows, and the row weights (0 = padding)."""
+        size, batch = len(idx), min(self.task.budget.batch_size, len(self.y_train))
         if size < batch:
             idx = torch.cat([idx, idx[torch.arange(batch - size) % size]])
         if size not in self._row_weights:
             w = torch.zeros(batch, dtype=self.x_train.dtype, device=self.dev)
             w[:size] = 1
             self._row_weights[size] = w
-        idx = idx.to(self.dev, non_blocking=True)
-        return self.x_train[idx], self.y_train[idx], self._row_weights[size]
+        return idx, self._row_weights[size]
+
+    def _epoch_batches(self, epoch: int) -> list[tuple[torch.Tensor, ...]]:
+        """The epoch's mini-batches as ``(x, y)`` (eager) or ``(x, y, row_w)`` (compiled: padded) views of
+        one gather of the epoch's rows, instead of one gather per step (same rows, same order)."""
+        parts = batches(len(self.y_train), self.task.budget.batch_size, seed=self.task.seed, epoch=epoch)
+        if self.compiled is not None:
+            padded = [self._padded_index(idx) for idx in parts]
+            parts, weights = [p for p, _ in padded], [w for _, w in padded]
+        order = torch.cat(parts).to(self.dev, non_blocking=True)
+        sizes = [len(p) for p in parts]
+        xs, ys = self.x_train[order].split(sizes), self.y_train[order].split(sizes)
+        return list(zip(xs, ys, weights)) if self.compiled is not None else list(zip(xs, ys))
 
     def live(self) -> list[tuple[int, int]]:
         """``(stack position, original index)`` of every member still training."""
@@ -124,13 +140,13 @@ class StackedRun:
         loss_sum = torch.zeros(len(self.slots), dtype=torch.get_default_dtype() if self.compiled is None
                                else self.compiled.member_w.dtype, device=self.dev)
         n_batches = 0
-        for idx in batches(len(self.y_train), budget.batch_size, seed=self.task.seed, epoch=epoch):
+        for batch in self._epoch_batches(epoch):
             if trainer.max_steps is not None and self.steps >= trainer.max_steps:
                 break
             if self.compiled is not None:
-                self.compiled.step(*self._padded_batch(idx), lr, loss_sum)
+                self.compiled.step(*batch, lr, loss_sum)
             else:
-                loss_sum = self._eager_step(idx, lr, loss_sum)
+                loss_sum = self._eager_step(*batch, lr, loss_sum)
             n_batches += 1
             self.steps += 1
         self._check_divergence(loss_sum, epoch)
@@ -146,10 +162,8 @@ class StackedRun:
                 history.add_eval(epoch, metrics[pos])
         return capped
 
-    def _eager_step(self, idx: torch.Tensor, lr: float, loss_sum: torch.Tensor) -> torch.Tensor:
+    def _eager_step(self, x: torch.Tensor, y: torch.Tensor, lr: float, loss_sum: torch.Tensor) -> torch.Tensor:
         """One eager stacked step; a member whose loss raised leaves the stack at once."""
-        idx = idx.to(self.dev, non_blocking=True)
-        x, y = self.x_train[idx], self.y_train[idx]
         values, grads = self.net.train_step_grads(x, lambda logits: self.losses.value_and_grad(logits, y))
         if self.task.budget.grad_clip is not None:
             clip_member_grad_norms(grads, self.task.budget.grad_clip)
@@ -200,25 +214,31 @@ class StackedRun:
         return loss_sum[index]
 
     def _evaluate(self) -> list[EpochMetrics]:
-        """Clean val / test / noisy-val accuracy of every stack position (eval mode)."""
-        s = self.splits
-        rows = self._eval_rows(self.net.size)
-
-        def accuracies(x: torch.Tensor | None, y: torch.Tensor | None) -> list[float]:
-            if x is None or y is None or len(y) == 0:
-                return [math.nan] * self.net.size
-            predicted = self.net.predict(x, rows) if self.compiled is None else self.compiled.predict(x, rows)
-            correct = (predicted == y).sum(dim=1)
-            return [int(c) / len(y) for c in correct.tolist()]
-
-        val, test, noisy = accuracies(s.x_val, s.y_val), accuracies(s.x_test, s.y_test), \
-            accuracies(s.x_noisy_val, s.y_noisy_val)
-        return [EpochMetrics(val=v, test=t, noisy_val=n) for v, t, n in zip(val, test, noisy)]
+        """Clean val / test / noisy-val accuracy of every stack position (eval mode), from one prediction
+        pass over the splits joined end to end (`_joined_splits`)."""
+        size = self.net.size
+        if len(self.eval_x):
+            rows = self._eval_rows(size)
+            predicted = self.net.predict(self.eval_x, rows) if self.compiled is None else \
+                self.compiled.predict(self.eval_x, rows)
+        accuracies = {}
+        for name, (start, y) in self.eval_parts.items():
+            if y is None or len(y) == 0:
+                accuracies[name] = [math.nan] * size
+                continue
+            correct = (predicted[:, start:start + len(y)] == y).sum(dim=1)
+            accuracies[name] = [int(c) / len(y) for c in correct.tolist()]
+        return [EpochMetrics(val=v, test=t, noisy_val=n)
+                for v, t, n in zip(accuracies["val"], accuracies["test"], accuracies["noisy_val"])]
 
     def _eval_rows(self, size: int) -> int:
         """Rows per stacked eval forward: K members widen every activation K-fold, so fewer rows keep it in
-        cache (measured ~3x faster at K=8 and K=32 than eval_batch_size rows); predictions are per row."""
-        return min(self.trainer.eval_batch_size, max(EVAL_MIN_ROWS, EVAL_ROW_BUDGET // size))
+        cache (measured ~3x faster at K=8 and K=32 than eval_batch_size rows); predictions are per row.
+        The joined splits are cut into equal chunks of at most that many rows, so the compiled path's
+        padding of its last chunk is under one row per chunk."""
+        cap = min(self.trainer.eval_batch_size, max(EVAL_MIN_ROWS, EVAL_ROW_BUDGET // size))
+        n = max(len(self.eval_x), 1)
+        return math.ceil(n / math.ceil(n / cap))
 
     def _records(self) -> list[EvalRecord]:
         wall = time.perf_counter() - self.start
@@ -244,3 +264,21 @@ class StackedRun:
             record.execution, record.execution_note = execution, self.note
             records.append(record)
         return records
+
+
+def _joined_splits(splits: EvalSplits) -> tuple[torch.Tensor, dict[str, tuple[int, torch.Tensor | None]]]:
+    """The val, test and noisy-val inputs joined end to end (one prediction pass per evaluation), and each
+    split's ``(first row, labels)`` in the joined rows (labels None: the split is absent)."""
+    named = {"val": (splits.x_val, splits.y_val), "test": (splits.x_test, splits.y_test),
+             "noisy_val": (splits.x_noisy_val, splits.y_noisy_val)}
+    xs, parts, start = [], {}, 0
+    for name, (x, y) in named.items():
+        if x is None or y is None or len(y) == 0:
+            parts[name] = (start, None)
+            continue
+        xs.append(x)
+        parts[name] = (start, y)
+        start += len(y)
+    if not xs:
+        return splits.x_val[:0], parts
+    return (torch.cat(xs) if len(xs) > 1 else xs[0]), parts

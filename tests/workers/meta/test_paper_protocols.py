@@ -97,6 +97,7 @@ def test_records_say_which_protocol_ran_and_the_clean_labels_used(trainer):
         assert record.protocol == protocol
         assert record.clean_labels_used == (0 if trainer == "dynamic" else len(data.y_meta))
         assert ("protocol_settings" in record.extra) == (protocol == "paper")
+        assert record.execution == "single"  # one model (with its meta steps), as the standard trainer's
 
 
 def test_paper_protocol_sets_warmup_and_refuses_a_conflicting_option():
