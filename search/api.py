@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # the heavy modules load on first use
     from evoloss.search.coordinator import SearchSummary
 
 ENGINES = ("native", "tune")
-PICKS = ("best", "mean")
+PICKS = ("best", "mean", "reevaluated")
 # What a resume may change besides cluster.* (where a run executes, not what it computes).
 RESUME_MAY_SET = ("search.generations", "grid.data_dir")
 SUMMARY_NAME = "summary.txt"
@@ -304,12 +304,25 @@ def search(config: Any = None, *, out: str | Path | None = None, address: str | 
 
 
 # --- export --------------------------------------------------------------------------------------
-def picked_spec(run: str | Path | SearchResult, pick: str = "best") -> tuple["LossSpec", dict[str, Any]]:
-    """The loss a run exports and where it came from: the "best" candidate or the CMA-ES "mean"."""
+def picked_spec(run: str | Path | SearchResult, pick: str = "best", *, top: int | None = None,
+                reeval_seeds: int | None = None, reeval_dir: str | Path | None = None,
+                progress: bool | Progress = False) -> tuple["LossSpec", dict[str, Any]]:
+    """The loss a run exports and where it came from: the "best" candidate, the CMA-ES "mean", or
+    ("reevaluated") the best of the ``top`` candidates and the mean re-trained on ``reeval_seeds``
+    new seeds, in the new compare run ``reeval_dir`` (search/reevaluate.py, docs/export.md)."""
+    from evoloss.search.reevaluate import check_pick_arguments, reevaluate
+
     if pick not in PICKS:
         raise _config_error("pick", "is not a choice", pick, f"choose one of {', '.join(PICKS)}")
+    top, reeval_seeds = check_pick_arguments(pick, top, reeval_seeds)
     run = run if isinstance(run, SearchResult) else SearchResult(run)
     run_dir = run.run_dir
+    if pick == "reevaluated":
+        if reeval_dir is None:
+            raise _config_error("reeval_dir", "is needed by pick='reevaluated'", None,
+                                "give a new directory for the re-evaluation run (export() makes one)")
+        return reevaluate(run, top=top, reeval_seeds=reeval_seeds, run_dir=Path(reeval_dir),
+                          progress=_progress(progress))
     if pick == "mean":
         saved = run._store().load_state()
         if saved is None:
@@ -323,15 +336,22 @@ def picked_spec(run: str | Path | SearchResult, pick: str = "best") -> tuple["Lo
 
 
 def export(source: Any, *, out: str | Path | None = None, name: str = "evolved_loss", pick: str = "best",
-           overwrite: bool = False) -> Path:
+           overwrite: bool = False, top: int | None = None, reeval_seeds: int | None = None,
+           progress: bool | Progress = True) -> Path:
     """Export a loss as a plug-in (``loss.json`` + a standalone ``NAME.py``); returns the ``loss.json`` path.
 
     Args:
         source: a search run directory, a `SearchResult`, or a `LossSpec`.
         out: the plug-in directory (default for a run: ``RUN_DIR/export/NAME``; required for a spec).
         name: the plug-in's name, a Python identifier (the module is ``NAME.py``).
-        pick: for a run, ``"best"`` (the highest-fitness candidate) or ``"mean"`` (the final CMA-ES mean).
+        pick: for a run, ``"best"`` (the highest-fitness candidate, the default), ``"mean"`` (the final
+            CMA-ES mean) or ``"reevaluated"`` (the best, on new seeds, of the top candidates and the mean;
+            the re-evaluation run is written to ``OUT/reevaluation``). docs/export.md says which to use.
         overwrite: replace an existing export.
+        top: pick="reevaluated": how many distinct top candidates to re-evaluate with the mean (1-64, default 4).
+        reeval_seeds: pick="reevaluated": new seeds per task (1-16, default 2).
+        progress: pick="reevaluated": True prints the re-evaluation's progress to stderr, False is quiet,
+            a callable receives the lines.
     """
     from evoloss.losses import LossSpec
     from evoloss.losses.plugin import PLUGIN_FILE, export_plugin, validate_plugin_name
@@ -343,18 +363,35 @@ def export(source: Any, *, out: str | Path | None = None, name: str = "evolved_l
         return export_plugin(source, Path(out), name=name, overwrite=overwrite) / PLUGIN_FILE
     from evoloss.losses.versions import evoloss_version
     from evoloss.search.config import config_dict
+    from evoloss.search.reevaluate import check_pick_arguments, export_reevaluated, reevaluate
     from evoloss.search.run_dir import run_id_of
 
     if pick not in PICKS:  # before the run is opened: the argument is wrong whatever the run holds
         raise _config_error("pick", "is not a choice", pick, f"choose one of {', '.join(PICKS)}")
+    top, reeval_seeds = check_pick_arguments(pick, top, reeval_seeds)
     run = source if isinstance(source, SearchResult) else SearchResult(source)
-    spec, origin = picked_spec(run, pick)
     run_dir, cfg = run.run_dir, config_dict(run.config)
-    provenance = {"run_id": run_id_of(run_dir), **origin, "metric_rule": run.config.grid.metric_rule,
-                  "task_grid": cfg["grid"], "train": cfg["train"], "search": cfg["search"],
-                  "evoloss_version": evoloss_version()}
     out_dir = Path(out) if out else run_dir / "export" / name
-    return export_plugin(spec, out_dir, name=name, provenance=provenance, overwrite=overwrite) / PLUGIN_FILE
+
+    def provenance(origin: dict[str, Any]) -> dict[str, Any]:
+        return {"run_id": run_id_of(run_dir), **origin, "metric_rule": run.config.grid.metric_rule,
+                "task_grid": cfg["grid"], "train": cfg["train"], "search": cfg["search"],
+                "evoloss_version": evoloss_version()}
+
+    if pick != "reevaluated":
+        spec, origin = picked_spec(run, pick)
+        return export_plugin(spec, out_dir, name=name, provenance=provenance(origin), overwrite=overwrite) / PLUGIN_FILE
+    if run._store().load_state() is None:  # before anything is written
+        raise ValueError(f"run {str(run_dir)!r} has no complete generation: nothing to re-evaluate; wait for its "
+                         f"first generation (evoloss status {run_dir})")
+
+    def pick_in(reeval_dir: Path, recorded_dir: Path) -> tuple["LossSpec", dict[str, Any]]:
+        return reevaluate(run, top=top, reeval_seeds=reeval_seeds, run_dir=reeval_dir, recorded_dir=recorded_dir,
+                          progress=_progress(progress))
+
+    return export_reevaluated(out_dir, overwrite=overwrite, pick_in=pick_in,
+                              write_plugin=lambda spec, origin, d: export_plugin(
+                                  spec, d, name=name, provenance=provenance(origin))) / PLUGIN_FILE
 
 
 # --- compare and report --------------------------------------------------------------------------

@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # The Python API's arguments (named in its messages) and the command line's spelling of each.
-FLAGS = {"out": "--out", "resume": "--resume", "engine": "--engine", "data_dir": "--data-dir",
+FLAGS = {"top": "--top", "reeval_seeds": "--reeval-seeds", "out": "--out", "resume": "--resume", "engine": "--engine", "data_dir": "--data-dir",
          "config": "CONFIG.toml or --preset", "pick": "--pick", "name": "--name", "address": "--address",
          "allow_version_change": "--allow-version-change"}
 
