@@ -101,11 +101,16 @@ def test_bad_config_raises_one_clear_error(path: str, value: Any, message: str) 
 
 
 def test_presets_load_and_build_grids() -> None:
-    assert {"quick", "arl-ar", "arl-dr"} <= set(list_presets())
+    assert {"quick", "quick-ar", "transfer", "arl-ar", "arl-dr"} <= set(list_presets())
     quick = load_config(preset="quick")
-    assert quick.grid.datasets == ("digits",) and quick.grid.noise[0].rate == 0.8
+    assert quick.grid.datasets[0] == "digits" and quick.grid.noise[0].rate == 0.8 and quick.grid.subset_size == 6
     tasks = grid_from_config(quick).tasks()
     assert {t.arch for t in tasks} == {"mlp2", "mlp3"} and tasks[0].splits.max_train == quick.train.max_train
+    assert len(tasks) == 3 * 2 * 2 * 2 and len(grid_from_config(quick).tasks_for_generation(0)) == 6
+    transfer = load_config(preset="transfer")  # the same search at the compare's 30 epochs
+    assert transfer.grid == quick.grid and (quick.train.epochs, transfer.train.epochs) == (15, 30)
+    ar = load_config(preset="quick-ar")  # the AR-only baseline
+    assert ar.grid.datasets == ("digits",) and ar.grid.mode == "ar" and ar.train.epochs == 30
     ar, dr = load_config(preset="arl-ar"), load_config(preset="arl-dr")
     assert ar.grid.mode == "ar" and ar.grid.archs == ("mlp2", "mlp3", "cnn4")
     assert dr.grid.mode == "dr" and dr.grid.datasets == ("mnist", "kmnist", "cifar10")
