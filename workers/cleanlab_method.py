@@ -145,7 +145,11 @@ def find_issues(labels: np.ndarray, probs: np.ndarray, filter_by: str) -> np.nda
     if not np.isfinite(probs).all():
         raise ValueError("cleanlab: a fold network produced non-finite probabilities (it diverged)")
     probs = probs / probs.sum(axis=1, keepdims=True)
-    return np.asarray(find_label_issues(labels=labels, pred_probs=probs, filter_by=filter_by), dtype=bool)
+    # n_jobs=1: cleanlab's default forks a multiprocessing.Pool, which in a Ray actor whose torch has
+    # started OpenMP threads can deadlock (seen once in the main job: a 3 s job hung until its 300 s
+    # timeout); cleanlab documents that n_jobs changes only the run time, never the result.
+    issues = find_label_issues(labels=labels, pred_probs=probs, filter_by=filter_by, n_jobs=1)
+    return np.asarray(issues, dtype=bool)
 
 
 def issue_stats(data: TaskData, issues: np.ndarray) -> dict[str, Any]:

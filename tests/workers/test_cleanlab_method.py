@@ -79,6 +79,22 @@ def test_find_issues_flags_confidently_contradicted_labels() -> None:
         cm.find_issues(labels, np.full((120, 3), np.nan), "both")
 
 
+def test_find_issues_never_forks_a_process_pool(monkeypatch) -> None:
+    """cleanlab's default n_jobs forks a multiprocessing.Pool, which can deadlock inside a Ray actor
+    whose torch runs OpenMP threads (a compare job hung once until its timeout): find_issues runs
+    single-process, and a Pool created anyway fails the test."""
+    import multiprocessing
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("find_issues started a multiprocessing.Pool")
+
+    monkeypatch.setattr(multiprocessing, "Pool", no_pool)
+    truth = np.repeat(np.arange(4), 300)  # large enough that cleanlab would parallelise by default
+    probs = np.full((1200, 4), 0.1)
+    probs[np.arange(1200), truth] = 0.7
+    assert not cm.find_issues(truth, probs, "both").any()
+
+
 def test_fit_trains_ce_on_the_kept_rows_and_records_the_pruning(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     clean = rng.integers(0, 3, 150)
