@@ -264,19 +264,10 @@ def check_target(out_dir: Path, overwrite: bool) -> None:
 
 def _install(staging: Path, out_dir: Path, overwrite: bool) -> None:
     """Rename the finished ``staging`` to ``out_dir``, replacing an empty or (``overwrite``) old one."""
+    from evoloss.losses.plugin.files import replace_dir
+
     check_target(out_dir, overwrite)
-    if not out_dir.exists():
-        os.rename(staging, out_dir)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-    os.rmdir(old)
-    os.rename(out_dir, old)
-    try:
-        os.rename(staging, out_dir)
-    except BaseException:
-        os.rename(old, out_dir)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(staging, out_dir)
 
 
 @contextlib.contextmanager

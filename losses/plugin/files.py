@@ -147,6 +147,12 @@ def _write_text(path: Path, text: str) -> None:
 def _install_dir(staging: Path, out_dir: Path, overwrite: bool) -> None:
     """Rename the finished ``staging`` directory to ``out_dir`` (replacing it when allowed)."""
     _check_target(out_dir, overwrite)
+    replace_dir(staging, out_dir)
+
+
+def replace_dir(staging: Path, out_dir: Path) -> None:
+    """Rename the finished ``staging`` directory to ``out_dir``; an existing ``out_dir`` is moved aside
+    first and put back if the rename fails, then removed (the caller has checked it may go)."""
     if not out_dir.exists():
         os.rename(staging, out_dir)
         return
