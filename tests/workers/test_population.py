@@ -168,18 +168,6 @@ def test_population_of_one() -> None:
 
 
 # --- per-member divergence and failure -----------------------------------------------------------------
-@pytest.fixture()
-def nan_family() -> Iterator[str]:
-    """``_test_population_nan``: cross entropy, NaN for rows whose largest |logit| exceeds ``limit``."""
-    name = "_test_population_nan"
-
-    def nan_when_confident(logits: torch.Tensor, targets: torch.Tensor, limit: float = 1.0) -> torch.Tensor:
-        ce = F.cross_entropy(logits, targets, reduction="none")
-        return torch.where(logits.detach().abs().amax(dim=1) > limit, torch.full_like(ce, math.nan), ce)
-
-    register_family(name, [Param("limit", default=1.0, low=0.0, high=100.0)])(nan_when_confident)
-    yield name
-    unregister_family(name)
 
 
 @pytest.fixture()

@@ -120,20 +120,6 @@ def test_adam_clipping_weight_decay_cosine_and_max_steps_compiled() -> None:
         assert c.execution == "stacked-compiled" and c.extra["steps"] == 13
 
 
-@pytest.fixture()
-def nan_family() -> Iterator[str]:
-    """Cross entropy that is NaN for rows whose largest |logit| exceeds ``limit``."""
-    name = "_test_compiled_nan"
-
-    def nan_when_confident(logits: torch.Tensor, targets: torch.Tensor, limit: float = 1.0) -> torch.Tensor:
-        ce = F.cross_entropy(logits, targets, reduction="none")
-        return torch.where(logits.detach().abs().amax(dim=1) > limit, torch.full_like(ce, math.nan), ce)
-
-    register_family(name, [Param("limit", default=1.0, low=0.0, high=100.0)])(nan_when_confident)
-    yield name
-    unregister_family(name)
-
-
 def test_no_recompile_after_the_first_generation(nan_family: str) -> None:
     """Generation 1 compiles; generations 2 and 3 (other parameters, a member that diverges and
     leaves the stack, fewer members in the same bucket) reuse the graph."""
