@@ -21,6 +21,18 @@ def one_thread() -> Iterator[None]:
 
 
 @pytest.fixture()
+def float64_one_thread() -> Iterator[None]:
+    """float64 networks and one intra-op thread (record-equality tests; tiny kernels only slow down on
+    shared cores)."""
+    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
+    torch.set_default_dtype(torch.float64)
+    torch.set_num_threads(1)
+    yield
+    torch.set_default_dtype(dtype)
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture()
 def nan_family() -> Iterator[str]:
     """``_test_nan``: cross entropy, NaN for rows whose largest |logit| exceeds ``limit`` (a member that
     diverges once its logits grow), registered for the test only."""

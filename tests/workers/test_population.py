@@ -32,15 +32,7 @@ MIXED = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _float64_one_thread() -> Iterator[None]:
-    """float64 networks and one intra-op thread (tiny kernels only slow down on shared cores)."""
-    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)
-    yield
-    torch.set_default_dtype(dtype)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("float64_one_thread")  # tests/workers/conftest.py
 
 
 def _mixture(n: int, shape: tuple[int, ...], classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

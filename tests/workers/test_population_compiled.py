@@ -12,7 +12,6 @@ import math
 import sys
 import textwrap
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
@@ -30,14 +29,7 @@ from evoloss.workers.task import Budget, Task, TaskData
 GCE3 = [LossSpec("gce", {"q": q}) for q in (0.2, 0.5, 0.8)]
 
 
-@pytest.fixture(autouse=True)
-def _float64_one_thread() -> Iterator[None]:
-    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)
-    yield
-    torch.set_default_dtype(dtype)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("float64_one_thread")  # tests/workers/conftest.py
 
 
 @pytest.fixture(autouse=True)
