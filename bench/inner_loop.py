@@ -10,7 +10,9 @@ smaller: run twice to see both). Also measured: this machine's float32
 matmul GFLOP/s and the fraction of it the population trainer reaches, counting FLOPs as
 ``2·MACs`` per sample for a forward pass and ``3×`` that for a training step (forward + backward),
 plus the evaluation forward passes. Timings are the best of ``--repeats`` runs (wall clock) after a
-warm-up run, which filters out interference from other processes.
+warm-up run, which filters out interference from other processes; within a workload the standard
+trainer and every population variant take turns (one run of each per round), so a speedup compares
+runs of the same minutes even on a machine whose speed drifts.
 
 Usage::
 
@@ -141,27 +143,60 @@ def workload(dataset: str, arch: str = "mlp2", device: str = "cpu") -> tuple[Tas
     return task, data, epochs
 
 
+def population_fit(task: Task, data: TaskData, k: int, compile: str, device: str = "cpu") -> Callable[[], list]:
+    """One population fit of ``k`` candidates (a zero-argument call, to be timed)."""
+    trainer, specs = PopulationTrainer(max_steps=STEPS, compile=compile), candidates(k)
+    return lambda: trainer.fit(task, specs, device=device, data=data)
+
+
+def interleaved_best(runs: dict[str, Callable[[], object]], repeats: int) -> tuple[dict[str, float], dict[str, object]]:
+    """Fastest of ``repeats`` timed calls of each run, the runs taking turns (one call of each per round)
+    so that this machine's drift from minute to minute affects every one alike; one untimed warm-up
+    call of each first. Returns (seconds, each warm-up call's result)."""
+    first = {name: run() for name, run in runs.items()}
+    best = {name: math.inf for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best, first
+
+
 def population_rate(task: Task, data: TaskData, k: int, repeats: int, compile: str,
                     device: str = "cpu") -> tuple[float, float]:
     """(evaluations/s, compile warm-up s of the first fit or NaN) of the population trainer at ``k``."""
-    trainer, specs, first = PopulationTrainer(max_steps=STEPS, compile=compile), candidates(k), []
-    rate = k / best_seconds(lambda: trainer.fit(task, specs, device=device, data=data), repeats, first)
-    if compile == "on" and first[0][0].execution != "stacked-compiled":
-        raise RuntimeError(f"the compiled population did not compile: {first[0][0].execution_note}")
-    return rate, float(first[0][0].extra.get("compile_s", math.nan))
+    seconds, first = interleaved_best({"pop": population_fit(task, data, k, compile, device)}, repeats)
+    return k / seconds["pop"], compile_seconds(first["pop"], compile)
+
+
+def compile_seconds(records: list, compile: str) -> float:
+    """The compile warm-up of a population fit's records (NaN when not compiled); raises if ``compile="on"``
+    fell back to eager."""
+    if compile == "on" and records[0].execution != "stacked-compiled":
+        raise RuntimeError(f"the compiled population did not compile: {records[0].execution_note}")
+    return float(records[0].extra.get("compile_s", math.nan))
 
 
 def measure(name: str, ks: Sequence[int], repeats: int, standard_runs: int, compiled_ks: Sequence[int]) -> list[Row]:
-    """Rows of one workload: evaluations/s of the standard and the (eager, compiled) population trainer."""
+    """Rows of one workload: evaluations/s of the standard and the (eager, compiled) population trainer,
+    all timed in turns (`interleaved_best`), so each speedup compares runs of the same minutes."""
     task, data, epochs = workload(*WORKLOADS[name])
     flops = evaluation_flops(task, data, STEPS, epochs)
     standard = StandardTrainer(max_steps=STEPS)
     std_specs = candidates(standard_runs)  # standard's rate does not depend on K: time a few runs
-    std_eps = standard_runs / best_seconds(lambda: standard.fit(task, std_specs, data=data), repeats)
+    runs: dict[str, Callable[[], object]] = {"standard": lambda: standard.fit(task, std_specs, data=data)}
+    for k in ks:
+        runs[f"eager{k}"] = population_fit(task, data, k, "off")
+        if k in compiled_ks:
+            runs[f"compiled{k}"] = population_fit(task, data, k, "on")
+    seconds, first = interleaved_best(runs, repeats)
+    std_eps = standard_runs / seconds["standard"]
     rows = []
     for k in ks:
-        eager, _ = population_rate(task, data, k, repeats, "off")
-        compiled, compile_s = population_rate(task, data, k, repeats, "on") if k in compiled_ks else (math.nan,) * 2
+        eager = k / seconds[f"eager{k}"]
+        compiled, compile_s = (k / seconds[f"compiled{k}"], compile_seconds(first[f"compiled{k}"], "on")) \
+            if k in compiled_ks else (math.nan,) * 2
         rows.append(Row(name, k, std_eps, eager, compiled, compile_s, flops))
         print(f"  measured {name} K={k}: standard {std_eps:.2f}, eager {eager:.2f}, compiled {compiled:.2f} ev/s",
               file=sys.stderr, flush=True)  # progress (the table comes at the end)

@@ -102,14 +102,23 @@ def test_compiled_eager_and_standard_give_the_same_records(arch: str, shape: tup
     assert len({tuple(r.curve_val) for r in standard}) > 1 or len({r.train_loss_last for r in standard}) > 1
 
 
-def test_adam_clipping_weight_decay_cosine_and_max_steps_compiled() -> None:
+@pytest.mark.parametrize("steps_per_call", [1, 3, 4, 7])
+def test_adam_clipping_weight_decay_cosine_and_max_steps_compiled(steps_per_call: int) -> None:
+    """5 batches an epoch, 13 steps: unrolled calls of 3 or 4 steps plus single-step remainders (and a
+    max_steps cut inside an epoch), or only single steps (1; 7 > 5) — the records never change."""
     data = _data((8,))
     task = _task("mlp2", epochs=4, optimizer="adam", lr=3e-3, weight_decay=1e-3, grad_clip=0.5, schedule="cosine")
     options = {"max_steps": 13, "eval_every": 2}
-    compiled = _compiled("aot_eager", **options).fit(task, GCE3, data=data)
+    compiled = _compiled("aot_eager", steps_per_call=steps_per_call, **options).fit(task, GCE3, data=data)
     for c, s in zip(compiled, StandardTrainer(**options).fit(task, GCE3, data=data)):
         _same(c, s)
         assert c.execution == "stacked-compiled" and c.extra["steps"] == 13
+
+
+@pytest.mark.parametrize("steps_per_call", [0, -2, 2.0, True, "4"])
+def test_steps_per_call_must_be_a_positive_int(steps_per_call: object) -> None:
+    with pytest.raises(ValueError, match=f"steps_per_call={steps_per_call!r} must be a positive int"):
+        PopulationTrainer(steps_per_call=steps_per_call)  # type: ignore[arg-type]
 
 
 def test_no_recompile_after_the_first_generation(nan_family: str) -> None:

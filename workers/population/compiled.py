@@ -33,6 +33,7 @@ from evoloss.workers.population.stack import StackedNet
 from evoloss.workers.protocol import OptimSpec
 
 COMPILE_MODES = ("auto", "on", "off")
+STEPS_PER_CALL = 4  # the trainer's default: steps unrolled into one compiled call (BENCHMARKS.md)
 RECOMPILE_LIMIT = 64  # Dynamo's default (8) silently runs later signatures eager
 
 Step = Callable[..., torch.Tensor]
@@ -111,11 +112,12 @@ class StepPlan:
         return (arch, self.slots, tuple(x.shape), x.dtype, str(x.device), groups, optim, self.grad_clip, backend)
 
 
-def compiled_step(plan: StepPlan, x: torch.Tensor, backend: str = "inductor") -> Step:
-    """The compiled training step for ``plan`` on batches like ``x`` (built once per signature)."""
-    key = plan.key(x, backend)
+def compiled_step(plan: StepPlan, xs: torch.Tensor, backend: str = "inductor") -> Step:
+    """The compiled training steps for ``plan`` on stacks of batches like ``xs`` ``[steps, B, ...]`` (built
+    once per signature: the number of steps a call runs is part of it)."""
+    key = plan.key(xs, backend)
     if key not in _STEPS:
-        _STEPS[key] = torch.compile(make_step(plan), backend=backend, fullgraph=True, dynamic=False)
+        _STEPS[key] = torch.compile(make_step(plan, xs.shape[0]), backend=backend, fullgraph=True, dynamic=False)
     return _STEPS[key]
 
 
@@ -136,14 +138,16 @@ def compiled_predict(plan: StepPlan, x: torch.Tensor, backend: str = "inductor")
     return _STEPS[key]
 
 
-def make_step(plan: StepPlan) -> Step:
-    """``step(params, state, loss_sum, x, y, row_w, member_w, lr, loss_args)``: one update of every slot.
+def make_step(plan: StepPlan, steps: int = 1) -> Step:
+    """``run(params, state, scalars, loss_sum, xs, ys, row_ws, member_w, lr, loss_args)``: ``steps``
+    consecutive updates of every slot, on the batches ``xs[i], ys[i]`` (one guard check and one call of
+    the compiled code for all of them: on CPU the per-call overhead is a fifth of a small step).
 
     ``params``: the stacked parameters (updated in place); ``state``: SGD momentum buffers, or Adam's
-    ``exp_avg`` then ``exp_avg_sq`` lists, then for Adam a tensor ``[step_size, bias_correction2_sqrt]``;
-    ``loss_sum`` ``[S]`` accumulates each slot's batch loss; ``row_w`` ``[B]`` and ``member_w`` ``[S]``
-    are the row and member weights (0 = padding); ``loss_args``: each group's parameter tensors ``[g·B]``.
-    Returns the slots' batch losses ``[S]``.
+    ``exp_avg`` then ``exp_avg_sq`` lists; ``scalars`` ``[steps, 2]``: Adam's ``[step_size,
+    bias_correction2_sqrt]`` of each step (unused by SGD); ``loss_sum`` ``[S]`` accumulates each slot's
+    batch losses; ``row_ws`` ``[steps, B]`` and ``member_w`` ``[S]`` are the row and member weights (0 =
+    padding); ``loss_args``: each group's parameter tensors ``[g·B]``.
     """
     k, layers, counts = plan.slots, plan.layers, plan.param_counts
     order = [s for g in plan.groups for s in g.slots]
@@ -174,18 +178,23 @@ def make_step(plan: StepPlan) -> Step:
         values = losses_of(params, x, y, row_w, loss_args)
         return (values * member_w).sum(), values.detach()  # ∂/∂θ_k = member_w[k]·∂loss_k/∂θ_k
 
-    def step(params: list[torch.Tensor], state: list[torch.Tensor], loss_sum: torch.Tensor, x: torch.Tensor,
-             y: torch.Tensor, row_w: torch.Tensor, member_w: torch.Tensor, lr: torch.Tensor,
-             loss_args: list[torch.Tensor]) -> torch.Tensor:
+    def step(params: list[torch.Tensor], state: list[torch.Tensor], scalars: torch.Tensor, loss_sum: torch.Tensor,
+             x: torch.Tensor, y: torch.Tensor, row_w: torch.Tensor, member_w: torch.Tensor, lr: torch.Tensor,
+             loss_args: list[torch.Tensor]) -> None:
         grads, values = torch.func.grad(total_loss, has_aux=True)(params, x, y, row_w, member_w, loss_args)
         grads = list(grads)
         if plan.grad_clip is not None:
             _clip(grads, plan.grad_clip, k)
-        _update(plan.optim, params, grads, state, lr)
+        _update(plan.optim, params, grads, state, lr, scalars)
         loss_sum.add_(values)
-        return values
 
-    return step
+    def run(params: list[torch.Tensor], state: list[torch.Tensor], scalars: torch.Tensor, loss_sum: torch.Tensor,
+            xs: torch.Tensor, ys: torch.Tensor, row_ws: torch.Tensor, member_w: torch.Tensor, lr: torch.Tensor,
+            loss_args: list[torch.Tensor]) -> None:
+        for i in range(steps):  # unrolled: the steps are one graph
+            step(params, state, scalars[i], loss_sum, xs[i], ys[i], row_ws[i], member_w, lr, loss_args)
+
+    return run
 
 
 def _clip(grads: list[torch.Tensor], max_norm: float, k: int) -> None:
@@ -197,7 +206,7 @@ def _clip(grads: list[torch.Tensor], max_norm: float, k: int) -> None:
 
 
 def _update(optim: OptimSpec, params: list[torch.Tensor], grads: list[torch.Tensor], state: list[torch.Tensor],
-            lr: torch.Tensor) -> None:
+            lr: torch.Tensor, scalars: torch.Tensor) -> None:
     """`optim.StackedSGD` / `optim.StackedAdam`'s update, traced. SGD's buffers start at zero, so the
     first step's ``b ← μ·0 + g`` is torch's ``b ← g``."""
     n = len(params)
@@ -212,7 +221,7 @@ def _update(optim: OptimSpec, params: list[torch.Tensor], grads: list[torch.Tens
             p.sub_(lr * g)
         return
     beta1, beta2 = ADAM_BETAS
-    exp_avg, exp_avg_sq, scalars = state[:n], state[n:2 * n], state[2 * n]
+    exp_avg, exp_avg_sq = state[:n], state[n:2 * n]
     step_size, bias_correction2_sqrt = scalars[0], scalars[1]
     for p, g, m, v in zip(params, grads, exp_avg, exp_avg_sq):
         m.lerp_(g, 1 - beta1)
@@ -221,21 +230,27 @@ def _update(optim: OptimSpec, params: list[torch.Tensor], grads: list[torch.Tens
 
 
 class CompiledSteps:
-    """The compiled step bound to one run: its stacked net's parameters, optimiser state and weights.
+    """The compiled steps bound to one run: its stacked net's parameters, optimiser state and weights.
+
+    Two compiled functions share them: one runs ``chunk`` steps per call (most of an epoch), the other
+    one step (an epoch's remainder, and a ``max_steps`` cut); `steps` uses both.
 
     Args:
         net: the stacked network over ``bucket_size(K)`` slots (slots ``K…`` are copies of member 0).
         families, params: each slot's loss family and float parameters (`MemberLosses` validated them).
         live: how many leading slots hold members (the rest get member weight 0).
         x_like: a training batch (its shape, dtype and device fix the compiled signature).
+        chunk: steps per call of the unrolled function (1: only the one-step function).
     """
 
     def __init__(self, net: StackedNet, families: Sequence, params: Sequence[dict], live: int, optim: OptimSpec,
-                 grad_clip: float | None, x_like: torch.Tensor, backend: str) -> None:
+                 grad_clip: float | None, x_like: torch.Tensor, backend: str, chunk: int = 1) -> None:
+        if chunk < 1:
+            raise ValueError(f"chunk={chunk!r} must be a positive number of steps")
         dev, dtype, batch = x_like.device, net.params[0].dtype, x_like.shape[0]
         slots = net.size
         net.set_requires_grad(False)  # func.grad differentiates the explicit inputs
-        self.net, self.optim, self.params = net, optim, net.params
+        self.net, self.optim, self.params, self.chunk = net, optim, net.params, chunk
         groups: dict[str, list[int]] = {}
         for s, fam in enumerate(families):
             groups.setdefault(fam.name, []).append(s)
@@ -250,7 +265,7 @@ class CompiledSteps:
                           for n, ss in groups.items() for p in by_name[n].param_names]
         zeros = [torch.zeros_like(p) for p in self.params]
         if optim.name == "adam":
-            self.state = zeros + [torch.zeros_like(p) for p in self.params] + [torch.ones(2, dtype=dtype, device=dev)]
+            self.state = zeros + [torch.zeros_like(p) for p in self.params]
         else:
             self.state = zeros if optim.momentum != 0 else []
         self.member_w = torch.zeros(slots, dtype=dtype, device=dev)
@@ -258,26 +273,41 @@ class CompiledSteps:
         self.lr = torch.zeros((), dtype=dtype, device=dev)
         self._lr_value = 0.0
         self.adam_steps = 0
-        self.fn = compiled_step(self.plan, x_like, backend)
+        self._scalars = {n: torch.ones(n, 2, dtype=dtype, device=dev) for n in {1, chunk}}
+        self.fns = {n: compiled_step(self.plan, x_like.expand(n, *x_like.shape), backend) for n in {1, chunk}}
         self.backend = backend
         self._padded: dict[int, torch.Tensor] = {}  # id of an eval split -> its rows padded to whole chunks
 
     def warm_up(self, x: torch.Tensor, y: torch.Tensor, row_w: torch.Tensor) -> None:
-        """Compile (or load from the caches) by running one step on copies of the state; raises on failure."""
-        params, state = [p.clone() for p in self.params], [s.clone() for s in self.state]
-        self.fn(params, state, torch.zeros_like(self.member_w), x, y, row_w, self.member_w, self.lr, self.loss_args)
+        """Compile (or load from the caches) both functions by running them on copies of the state; raises
+        on failure."""
+        for n, fn in self.fns.items():
+            params, state = [p.clone() for p in self.params], [s.clone() for s in self.state]
+            xs, ys, ws = (t.expand(n, *t.shape).contiguous() for t in (x, y, row_w))
+            fn(params, state, self._scalars[n].clone(), torch.zeros_like(self.member_w), xs, ys, ws, self.member_w,
+               self.lr, self.loss_args)
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, row_w: torch.Tensor, lr: float, loss_sum: torch.Tensor) -> None:
-        """One update of every slot; adds each slot's batch loss to ``loss_sum``."""
+    def steps(self, xs: torch.Tensor, ys: torch.Tensor, row_ws: torch.Tensor, lr: float,
+              loss_sum: torch.Tensor) -> None:
+        """``len(xs)`` updates of every slot, on the batches ``xs[i], ys[i]`` (row weights ``row_ws[i]``) in
+        order, ``chunk`` at a time and the remainder one by one; adds each batch loss to ``loss_sum``."""
         if lr != self._lr_value:  # the schedule changes it once per epoch at most
             self.lr.fill_(lr)
             self._lr_value = lr
-        if self.optim.name == "adam":  # StackedAdam's bias corrections, as tensors
-            self.adam_steps += 1
-            beta1, beta2 = ADAM_BETAS
-            self.state[-1][0].fill_(lr / (1 - beta1**self.adam_steps))
-            self.state[-1][1].fill_((1 - beta2**self.adam_steps) ** 0.5)
-        self.fn(self.params, self.state, loss_sum, x, y, row_w, self.member_w, self.lr, self.loss_args)
+        start = 0
+        while start < len(xs):
+            n = self.chunk if len(xs) - start >= self.chunk else 1
+            scalars = self._scalars[n]
+            if self.optim.name == "adam":  # StackedAdam's bias corrections of each step, as tensors
+                beta1, beta2 = ADAM_BETAS
+                for i in range(n):
+                    t = self.adam_steps + i + 1
+                    scalars[i, 0], scalars[i, 1] = lr / (1 - beta1**t), (1 - beta2**t) ** 0.5
+                self.adam_steps += n
+            end = start + n
+            self.fns[n](self.params, self.state, scalars, loss_sum, xs[start:end], ys[start:end], row_ws[start:end],
+                        self.member_w, self.lr, self.loss_args)
+            start = end
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, rows: int) -> torch.Tensor:
@@ -297,8 +327,7 @@ class CompiledSteps:
     def retire(self, slot: int) -> None:
         """Take ``slot``'s member out of training: weight 0, parameters and optimiser state zeroed (finite)."""
         self.member_w[slot] = 0
-        per_slot = self.state[:-1] if self.optim.name == "adam" else self.state  # not Adam's scalars
-        for t in self.params + per_slot:
+        for t in self.params + self.state:
             t[slot].zero_()
         for layer in self.net.layers:
             for b in layer.buffers:

@@ -75,7 +75,8 @@ class StackedRun:
             first = batches(len(self.y_train), self.task.budget.batch_size, seed=self.task.seed, epoch=0)[0]
             x, y, row_w = self._padded_batch(first)
             self.compiled = CompiledSteps(net, losses.families, losses.params, k, self.optim,
-                                          self.task.budget.grad_clip, x, self.trainer.compile_backend)
+                                          self.task.budget.grad_clip, x, self.trainer.compile_backend,
+                                          chunk=self.trainer.steps_per_call)
             self.compiled.warm_up(x, y, row_w)
             if len(self.eval_x):
                 self.compiled.predict(self.eval_x, self._eval_rows(slots))
@@ -106,16 +107,22 @@ class StackedRun:
         return idx, self._row_weights[size]
 
     def _epoch_batches(self, epoch: int) -> list[tuple[torch.Tensor, ...]]:
-        """The epoch's mini-batches as ``(x, y)`` (eager) or ``(x, y, row_w)`` (compiled: padded) views of
-        one gather of the epoch's rows, instead of one gather per step (same rows, same order)."""
+        """The epoch's mini-batches as ``(x, y)`` views of one gather of the epoch's rows, instead of one
+        gather per step (same rows, same order; eager path)."""
         parts = batches(len(self.y_train), self.task.budget.batch_size, seed=self.task.seed, epoch=epoch)
-        if self.compiled is not None:
-            padded = [self._padded_index(idx) for idx in parts]
-            parts, weights = [p for p, _ in padded], [w for _, w in padded]
         order = torch.cat(parts).to(self.dev, non_blocking=True)
         sizes = [len(p) for p in parts]
-        xs, ys = self.x_train[order].split(sizes), self.y_train[order].split(sizes)
-        return list(zip(xs, ys, weights)) if self.compiled is not None else list(zip(xs, ys))
+        return list(zip(self.x_train[order].split(sizes), self.y_train[order].split(sizes)))
+
+    def _epoch_stack(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The epoch's mini-batches stacked ``[batches, B, ...]`` with their row weights ``[batches, B]``
+        (compiled path: the last batch padded with weight-0 copies of its own rows), from one gather."""
+        padded = [self._padded_index(idx) for idx in
+                  batches(len(self.y_train), self.task.budget.batch_size, seed=self.task.seed, epoch=epoch)]
+        order = torch.cat([idx for idx, _ in padded]).to(self.dev, non_blocking=True)
+        n = len(padded)
+        xs = self.x_train[order].reshape(n, -1, *self.x_train.shape[1:])
+        return xs, self.y_train[order].reshape(n, -1), torch.stack([w for _, w in padded])
 
     def live(self) -> list[tuple[int, int]]:
         """``(stack position, original index)`` of every member still training."""
@@ -140,15 +147,18 @@ class StackedRun:
         loss_sum = torch.zeros(len(self.slots), dtype=torch.get_default_dtype() if self.compiled is None
                                else self.compiled.member_w.dtype, device=self.dev)
         n_batches = 0
-        for batch in self._epoch_batches(epoch):
-            if trainer.max_steps is not None and self.steps >= trainer.max_steps:
-                break
-            if self.compiled is not None:
-                self.compiled.step(*batch, lr, loss_sum)
-            else:
+        if self.compiled is not None:
+            xs, ys, row_ws = self._epoch_stack(epoch)
+            n_batches = len(xs) if trainer.max_steps is None else max(min(len(xs), trainer.max_steps - self.steps), 0)
+            self.compiled.steps(xs[:n_batches], ys[:n_batches], row_ws[:n_batches], lr, loss_sum)
+            self.steps += n_batches
+        else:
+            for batch in self._epoch_batches(epoch):
+                if trainer.max_steps is not None and self.steps >= trainer.max_steps:
+                    break
                 loss_sum = self._eager_step(*batch, lr, loss_sum)
-            n_batches += 1
-            self.steps += 1
+                n_batches += 1
+                self.steps += 1
         self._check_divergence(loss_sum, epoch)
         loss_sum = self._drop_finished(loss_sum)
         capped = trainer.max_steps is not None and self.steps >= trainer.max_steps

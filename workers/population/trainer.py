@@ -42,7 +42,7 @@ from torch import nn
 from evoloss.losses import LossSpec
 from evoloss.workers.archs import check_arch, create_arch
 from evoloss.workers.evaluation import EVAL_BATCH_SIZE
-from evoloss.workers.population.compiled import COMPILE_MODES, not_compilable, use_compile
+from evoloss.workers.population.compiled import COMPILE_MODES, STEPS_PER_CALL, not_compilable, use_compile
 from evoloss.workers.population.loss import MemberLosses
 from evoloss.workers.population.run import StackedRun
 from evoloss.workers.population.stack import StackedNet, UnsupportedArchitecture
@@ -73,6 +73,9 @@ class PopulationTrainer:
             search, BENCHMARKS.md), ``"on"`` or ``"off"``.
         compile_backend: the ``torch.compile`` backend (``"inductor"``; tests use ``"eager"`` or
             ``"aot_eager"``, which trace the same graph without generating code).
+        steps_per_call: compiled steps unrolled into one call (one guard check and one launch of the
+            compiled code for all of them; an epoch's remainder runs one step a call). Records do not
+            depend on it. Default `STEPS_PER_CALL` (BENCHMARKS.md "Steps per compiled call").
     """
 
     name = "population"
@@ -81,6 +84,7 @@ class PopulationTrainer:
         self, *, member_seeds: Sequence[int] | None = None, eval_every: int = 1, deterministic: bool = True,
         max_steps: int | None = None, eval_batch_size: int = EVAL_BATCH_SIZE, loss_grouping: str = "family",
         backward: str = "auto", compile: str = "auto", compile_backend: str = "inductor",
+        steps_per_call: int = STEPS_PER_CALL,
     ) -> None:
         self.standard = StandardTrainer(eval_every=eval_every, deterministic=deterministic, max_steps=max_steps,
                                         eval_batch_size=eval_batch_size)
@@ -102,7 +106,9 @@ class PopulationTrainer:
         if not isinstance(compile_backend, str) or not compile_backend:
             raise ValueError(f"compile_backend={compile_backend!r} must be a torch.compile backend name, "
                              "e.g. 'inductor'")
-        self.compile, self.compile_backend = compile, compile_backend
+        if isinstance(steps_per_call, bool) or not isinstance(steps_per_call, int) or steps_per_call < 1:
+            raise ValueError(f"steps_per_call={steps_per_call!r} must be a positive int (1: one step per call)")
+        self.compile, self.compile_backend, self.steps_per_call = compile, compile_backend, steps_per_call
 
     def fit(
         self, task: Task, specs: Sequence[LossSpec], device: str = "cpu", data: TaskData | None = None
