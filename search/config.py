@@ -30,6 +30,7 @@ from evoloss.search.config_fields import (
     preset_and_file,
     section_lines,
     unknown_name,
+    unset_optional,
 )
 from evoloss.search.preset_files import preset_names
 
@@ -385,7 +386,7 @@ def load_config(
     """
     merged = preset_and_file("search", preset, path, "preset", data)
     if overrides:
-        merged = merge(merged, nested(overrides))
+        merged = unset_optional(merge(merged, nested(overrides)), overrides, SECTIONS)
     return parse_config(merged)
 
 

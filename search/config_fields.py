@@ -305,6 +305,25 @@ def merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def unset_optional(merged: dict[str, Any], overrides: Mapping[str, Any], sections: Mapping[str, type]) -> dict[str, Any]:
+    """``merged`` without the keys that an override sets to ``none`` (``--set search.low_fidelity=none``;
+    None from Python) where that key is an optional field (kind ``…?``, unset = its default None): TOML
+    has no null, so this is how a command line unsets what a preset or file set. Other keys keep the
+    value, and its validation error names the field."""
+    out = dict(merged)
+    for key, value in overrides.items():
+        if not (value is None or (isinstance(value, str) and value.strip().lower() == "none")):
+            continue
+        section, _, name = str(key).partition(".")
+        cls = sections.get(section)
+        fields = {f.name: f for f in dataclasses.fields(cls)} if cls is not None and dataclasses.is_dataclass(cls) \
+            else {}
+        if name in fields and str(fields[name].metadata.get("kind", "")).endswith("?") and \
+                isinstance(out.get(section), dict):
+            out[section] = {k: v for k, v in out[section].items() if k != name}
+    return out
+
+
 def drop_unset(data: Any) -> Any:
     """``data`` without the keys whose value is None, in nested tables and lists too: in a config
     given as Python data (e.g. `plain_data` of a config), None means unset, as a missing TOML key."""

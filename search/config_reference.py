@@ -97,7 +97,9 @@ def reference_markdown() -> str:
         "",
         "Every key of the search and compare configs. Unknown keys are rejected with close matches; "
         "each invalid value is one error naming the key path, the value received and the fix. "
-        f"Optional keys default to {UNSET} (written as comments in a run's resolved `config.toml`).",
+        f"Optional keys default to {UNSET} (written as comments in a run's resolved `config.toml`); "
+        "`--set KEY=none` unsets an optional key of the search config that a preset or file set (e.g. "
+        "`--set search.low_fidelity=none` turns successive halving off).",
     ]
     seen: dict[type, tuple[str, str]] = {}
     for title, config, usage in _CONFIGS:

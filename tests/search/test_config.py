@@ -142,6 +142,27 @@ def test_file_preset_and_overrides_merge_in_order(tmp_path: Path) -> None:
         parse_override("popsize")
 
 
+@pytest.mark.parametrize("unset", ["none", "None", None])
+def test_an_override_of_none_unsets_an_optional_field(tmp_path: Path, unset: object) -> None:
+    """The quick preset turns successive halving on; ``--set search.low_fidelity=none`` turns it off
+    (TOML has no null), as does None from Python; a file's optional value is unset the same way."""
+    assert load_config(preset="quick").search.low_fidelity == 0.25
+    config = load_config(preset="quick", overrides={"search.low_fidelity": unset})
+    assert config.search.low_fidelity is None and config.search.finish_share == 0.34
+    path = tmp_path / "my.toml"
+    path.write_text("[train]\nlr = 0.05\nepochs = 3\n")
+    config = load_config(path, preset="quick", overrides={"train.lr": unset})
+    assert config.train.lr is None and config.train.epochs == 3
+    assert parse_override("search.low_fidelity=none") == ("search.low_fidelity", "none")
+
+
+@pytest.mark.parametrize(("key", "message"), [("search.popsize", "search.popsize: must be an integer, got 'none'"),
+                                              ("grid.archs", "grid.archs")])
+def test_none_is_not_a_value_of_a_required_field(key: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_config(preset="quick", overrides={key: "none"})
+
+
 def test_file_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_config(tmp_path / "missing.toml")
