@@ -11,7 +11,9 @@ a silent slow path) and reused for every later step, generation and task of the 
 - **rows**: the last batch of an epoch is padded to the batch size with copies of its own rows and
   weight 0, so each member's loss is still ``Σ_b w_b ℓ_b / Σ_b w_b`` = the mean over the real rows,
   exactly what ``standard`` computes on the unpadded batch (within float rounding);
-- **values that change** (learning rate, Adam's bias corrections, loss parameters) are tensors.
+- **values that change** (learning rate, Adam's bias corrections, loss parameters) are tensors;
+- **steps per call**: `STEPS_PER_CALL` consecutive steps are unrolled into one graph (one guard check
+  and one launch for all of them), with a one-step graph for an epoch's remainder.
 
 `compiled_step` keeps one compiled function per step signature (architecture, slots, batch, dtype,
 device, loss families, optimiser): a search compiles once per architecture and bucket. Inductor's
