@@ -31,8 +31,8 @@ from evoloss.results.store import ResultStore
 from evoloss.search.clean_labels import fitness_clean_labels
 from evoloss.search.config import SearchConfig, config_dict, initial_genome
 from evoloss.search.fidelity import HalvingSchedule, choose_finishers, complete_ranking, reference_jobs, with_epochs
-from evoloss.search.fitness import FitnessRule, fitness, references_from_rows
-from evoloss.search.grid import grid_from_config, left_out_line, metric_column
+from evoloss.search.fitness import FitnessRule, fitness, near_chance_tasks, references_from_rows
+from evoloss.search.grid import dataset_input, grid_from_config, left_out_line, metric_column
 from evoloss.search.strategy import CMAStrategy
 from evoloss.workers.jobs import Job
 from evoloss.workers.noise import convention_name
@@ -281,6 +281,8 @@ class GenerationLoop:
         self.restore(None if saved is None else saved[0], None if saved is None else saved[1])
         self.history: list[dict] = []
         self.train_s, self.started, self.done_now = 0.0, time.perf_counter(), 0
+        self._classes: dict[str, int] | None = None  # dataset -> class count (`warn_near_chance`)
+        self._near_chance_said: set[str] = set()
 
     def restore(self, generation: int | None, state: Mapping[str, Any] | None) -> None:
         """Continue after ``generation`` from its stored ``state`` (None, None: from the start)."""
@@ -354,9 +356,25 @@ class GenerationLoop:
         self.train_s += sum(r["wall_s"] for r in rows)
         self.done_now += 1
         self.history.append(gen_row)
+        self.warn_near_chance(rows)
         self.say(_progress_line(gen_row, plan.index, self.config.search.generations,
                                 time.perf_counter() - self.started, self.done_now))
         return gen_row
+
+    def warn_near_chance(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """One line, once per task, for a task on which every candidate of the generation stayed near
+        chance (`search.fitness.near_chance_tasks`): it gives the fitness no signal."""
+        if self._classes is None:
+            found = {d: dataset_input(d, self.config.grid.data_dir) for d in self.config.grid.datasets}
+            self._classes = {d: v[1] for d, v in found.items() if v is not None}
+        column = metric_column(self.config.grid.metric_rule)
+        for key, (best, classes) in near_chance_tasks(rows, self.config.grid.metric_rule, self._classes).items():
+            if key in self._near_chance_said:
+                continue
+            self._near_chance_said.add(key)
+            self.say(f"\rnote: task {key}: every candidate stayed near chance ({column} at most {best:.3f}, "
+                     f"chance {1 / classes:.3f}), so it gives the fitness no signal; train longer (train.epochs) "
+                     "or leave its dataset or architecture out of the grid\n")
 
     def summary(self) -> SearchSummary:
         """The search so far: the store's complete generations, the stop reasons, this call's timings."""

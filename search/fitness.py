@@ -167,6 +167,28 @@ def fitness(rows: Iterable[Mapping[str, Any]] | Any, rule: FitnessRule, candidat
     return {c: aggregate(metrics[c].values(), rule) for c in sorted(metrics)}
 
 
+NEAR_CHANCE = 1.5  # a task whose best candidate scores below 1.5 / classes gives the fitness no signal
+
+
+def near_chance_tasks(rows: Iterable[Mapping[str, Any]] | Any, metric_rule: str,
+                      classes: Mapping[str, int]) -> dict[str, tuple[float, int]]:
+    """``{task_key: (best metric, classes)}`` of the tasks on which every counted candidate stayed below
+    ``NEAR_CHANCE / classes`` (``classes`` maps a row's ``dataset`` to its class count; datasets not in
+    it are not judged). On such a task — a network that does not learn within the budget — every loss
+    scores alike, so the task adds noise to the fitness, not signal (with a lower-quantile aggregate it
+    can be the quantile itself)."""
+    column = metric_column(metric_rule)
+    best: dict[str, tuple[float, int]] = {}
+    for i, row in enumerate(_as_records(rows)):
+        c = classes.get(str(row.get("dataset", "")))
+        score = row_score(row, column, i) if c and row.get("status") == "ok" else None
+        if score is None:
+            continue
+        key = str(row.get("task_key", ""))
+        best[key] = (max(score, best.get(key, (-math.inf, 0))[0]), int(c))
+    return {k: v for k, v in best.items() if v[0] < NEAR_CHANCE / v[1]}
+
+
 def references_from_rows(rows: Iterable[Mapping[str, Any]] | Any, metric_rule: str) -> dict[str, float]:
     """``{task_key: metric}`` of CE reference rows, one per task; a ``failed``/``timeout`` CE run gives
     no reference (the task is referenced again next time it is drawn)."""

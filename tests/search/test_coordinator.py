@@ -162,3 +162,18 @@ def test_a_finished_search_can_be_extended():
     run_search(_config(**{"search.generations": 1}), InProcessPool(), store, run_id="e")
     summary = run_search(_config(**{"search.generations": 2}), InProcessPool(), store, run_id="e")
     assert summary.resumed_from == 0 and store.generations_done() == [0, 1]
+
+
+def test_a_task_that_stays_near_chance_is_named_once():
+    """lr 1e-9: the networks stay at their initialisation, every candidate near chance (10 classes); the
+    search says so once (not every generation); a task that learns gets no such line."""
+    lines: list[str] = []
+    config = _config(**{"grid.datasets": ["synthetic:n=300,c=10,d=6"], "train.lr": 1e-9})
+    run_search(config, InProcessPool(), MemoryStore(), run_id="r", progress=lines.append)
+    notes = [line for line in lines if "near chance" in line]
+    assert len(notes) == 1, lines
+    assert "synthetic:n=300,c=10,d=6/mlp2/" in notes[0] and "chance 0.100" in notes[0]
+    assert "val_acc_last at most 0.1" in notes[0] and notes[0].endswith("\n")
+    lines.clear()  # TINY itself stays near chance after 2 epochs (the line said so); after 6 it learns
+    run_search(_config(**{"train.epochs": 6}), InProcessPool(), MemoryStore(), run_id="r", progress=lines.append)
+    assert not [line for line in lines if "near chance" in line]

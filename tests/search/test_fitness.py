@@ -91,3 +91,18 @@ def test_dataframe_rows_are_accepted():
     got = fitness(pd.DataFrame(ROWS), FitnessRule())
     assert got == pytest.approx(fitness(ROWS, FitnessRule()))
     assert np.isfinite(list(got.values())).all()
+
+
+def test_near_chance_tasks_from_the_best_ok_row_per_task():
+    """Below 1.5 / classes on every ok row of a task: named with its best score; a failed or diverged
+    row is not a score here, and a dataset without a class count is not judged."""
+    from evoloss.search.fitness import NEAR_CHANCE, near_chance_tasks
+
+    rows = [dict(row(0, "a", 0.09), dataset="d10"), dict(row(1, "a", 0.14), dataset="d10"),
+            dict(row(2, "a", 0.9, status="failed"), dataset="d10"),
+            dict(row(0, "b", 0.12), dataset="d10"), dict(row(1, "b", 0.151), dataset="d10"),
+            dict(row(0, "c", 0.3), dataset="d4"), dict(row(1, "c", 0.37), dataset="d4"),
+            dict(row(0, "e", 0.01, status="diverged"), dataset="d10"),
+            dict(row(0, "f", 0.05), dataset="unknown")]
+    assert NEAR_CHANCE == 1.5
+    assert near_chance_tasks(rows, "last", {"d10": 10, "d4": 4}) == {"a": (0.14, 10), "c": (0.37, 4)}
