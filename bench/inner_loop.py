@@ -120,15 +120,10 @@ def candidates(k: int) -> list[LossSpec]:
 def best_seconds(run: Callable[[], object], repeats: int, first: list | None = None) -> float:
     """Fastest of ``repeats`` timed calls of ``run`` (after one untimed warm-up call, whose result is
     appended to ``first`` when given)."""
-    result = run()
+    seconds, results = interleaved_best({"run": run}, repeats)
     if first is not None:
-        first.append(result)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        first.append(results["run"])
+    return seconds["run"]
 
 
 def workload(dataset: str, arch: str = "mlp2", device: str = "cpu") -> tuple[Task, TaskData, int]:
