@@ -115,6 +115,28 @@ def test_adam_clipping_weight_decay_cosine_and_max_steps_compiled(steps_per_call
         assert c.execution == "stacked-compiled" and c.extra["steps"] == 13
 
 
+def test_a_second_fit_of_the_same_signature_skips_the_warm_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The warm-up (both step functions and the prediction on copies of the state) runs once per signature
+    and process: a later fit calls the compiled functions only for its own steps and evaluations."""
+    import evoloss.workers.population.compiled as compiled
+
+    data, task = _data((1, 6, 6)), _task("mlp2", epochs=2)
+    trainer = _compiled(steps_per_call=2)
+    first = trainer.fit(task, GCE3, data=data)
+    calls: list[str] = []
+    for key, fn in list(compiled._STEPS.items()):
+        monkeypatch.setitem(compiled._STEPS, key,
+                            lambda *a, _fn=fn, _kind=key[-1]: (calls.append(str(_kind)), _fn(*a))[1])
+    second = trainer.fit(task, GCE3, data=data)
+    for a, b in zip(first, second):
+        _same(a, b, tol=0.0)
+    steps = [c for c in calls if c != "predict"]
+    # 150 rows, batch 32: 5 batches an epoch = two 2-step calls and one 1-step call; 2 epochs
+    assert len(steps) == 2 * 3
+    # one prediction chunk per evaluation (50 val + 100 test rows fit one chunk), 2 evaluations
+    assert calls.count("predict") == 2
+
+
 @pytest.mark.parametrize("steps_per_call", [0, -2, 2.0, True, "4"])
 def test_steps_per_call_must_be_a_positive_int(steps_per_call: object) -> None:
     with pytest.raises(ValueError, match=f"steps_per_call={steps_per_call!r} must be a positive int"):

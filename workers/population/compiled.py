@@ -40,6 +40,7 @@ RECOMPILE_LIMIT = 64  # Dynamo's default (8) silently runs later signatures eage
 
 Step = Callable[..., torch.Tensor]
 _STEPS: dict[tuple, Step] = {}
+_WARM: set[tuple] = set()  # keys of `_STEPS` that have run once in this process (compiled, loaded and working)
 
 
 def bucket_size(k: int) -> int:
@@ -276,18 +277,31 @@ class CompiledSteps:
         self._lr_value = 0.0
         self.adam_steps = 0
         self._scalars = {n: torch.ones(n, 2, dtype=dtype, device=dev) for n in {1, chunk}}
+        self._keys = {n: self.plan.key(x_like.expand(n, *x_like.shape), backend) for n in {1, chunk}}
         self.fns = {n: compiled_step(self.plan, x_like.expand(n, *x_like.shape), backend) for n in {1, chunk}}
         self.backend = backend
         self._padded: dict[int, torch.Tensor] = {}  # id of an eval split -> its rows padded to whole chunks
 
-    def warm_up(self, x: torch.Tensor, y: torch.Tensor, row_w: torch.Tensor) -> None:
-        """Compile (or load from the caches) both functions by running them on copies of the state; raises
-        on failure."""
+    def warm_up(self, x: torch.Tensor, y: torch.Tensor, row_w: torch.Tensor, eval_x: torch.Tensor | None = None,
+                eval_rows: int = 0) -> None:
+        """Compile (or load from the caches) both step functions by running them on copies of the state, and
+        the prediction on ``eval_x`` chunks of ``eval_rows`` when given; raises on failure. A function that
+        already ran in this process is not run again (its compile cannot fail any more)."""
         for n, fn in self.fns.items():
+            if self._keys[n] in _WARM:
+                continue
             params, state = [p.clone() for p in self.params], [s.clone() for s in self.state]
             xs, ys, ws = (t.expand(n, *t.shape).contiguous() for t in (x, y, row_w))
             fn(params, state, self._scalars[n].clone(), torch.zeros_like(self.member_w), xs, ys, ws, self.member_w,
                self.lr, self.loss_args)
+            _WARM.add(self._keys[n])
+        if eval_x is not None and len(eval_x):
+            rows = min(eval_rows, len(eval_x))
+            key = (*self.plan.key(eval_x[:rows], self.backend), "predict")
+            if key not in _WARM:
+                with torch.no_grad():
+                    compiled_predict(self.plan, eval_x[:rows], self.backend)(self.params, eval_x[:rows])
+                _WARM.add(key)
 
     def steps(self, xs: torch.Tensor, ys: torch.Tensor, row_ws: torch.Tensor, lr: float,
               loss_sum: torch.Tensor) -> None:

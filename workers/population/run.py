@@ -77,9 +77,7 @@ class StackedRun:
             self.compiled = CompiledSteps(net, losses.families, losses.params, k, self.optim,
                                           self.task.budget.grad_clip, x, self.trainer.compile_backend,
                                           chunk=self.trainer.steps_per_call)
-            self.compiled.warm_up(x, y, row_w)
-            if len(self.eval_x):
-                self.compiled.predict(self.eval_x, self._eval_rows(slots))
+            self.compiled.warm_up(x, y, row_w, self.eval_x, self._eval_rows(slots))
         except Exception as exc:  # noqa: BLE001 — any compile problem: the eager step trains instead
             self.compiled = None
             text = " ".join(f"{type(exc).__name__}: {exc}".split())
