@@ -33,7 +33,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -51,6 +50,7 @@ from evoloss.search.dispatch import ActorPool, PoolConfig, actor_count
 from evoloss.search.ray_runtime import start_ray
 from evoloss.search.run_dir import create_run_dir
 from evoloss.search.tune_engine import run_search_tune
+from machine import cpu_model  # bench/machine.py (bench/ is the script's directory)
 
 ENGINES = ("native", "tune")
 WORKLOAD = {
@@ -133,12 +133,7 @@ def measure(engine: str, config: SearchConfig, run_dir: Path) -> EngineRow:
 
 def machine_line(cpus: int | None) -> str:
     """nproc, the CPU model from /proc/cpuinfo, and the CPUs given to Ray."""
-    model = platform.processor() or "unknown CPU"
-    with open("/proc/cpuinfo", encoding="utf-8") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+    model = cpu_model()
     return f"machine: nproc={os.cpu_count()}, {model}; Ray num_cpus={cpus or os.cpu_count()}; load average " \
            f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}"
 

@@ -14,6 +14,9 @@ warm-up run, which filters out interference from other processes; within a workl
 trainer and every population variant take turns (one run of each per round), so a speedup compares
 runs of the same minutes even on a machine whose speed drifts.
 
+The process keeps the memory it frees, as every evoloss worker does (`workers.allocator`;
+``--default-malloc`` measures with glibc's defaults instead).
+
 Usage::
 
     .venv/bin/python bench/inner_loop.py --quick      # ~1-2 minutes
@@ -27,7 +30,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -38,11 +40,13 @@ from torch import nn
 
 import evoloss.losses.gce  # noqa: F401  (registers "gce" whether or not losses/__init__ imports it)
 from evoloss.losses import LossSpec
+from evoloss.workers.allocator import keep_freed_memory
 from evoloss.workers.archs import create_arch
 from evoloss.workers.materialize import materialize
 from evoloss.workers.population import PopulationTrainer
 from evoloss.workers.standard import StandardTrainer
 from evoloss.workers.task import Budget, NoiseSpec, Task, TaskData
+from machine import cpu_model  # bench/machine.py (bench/ is the script's directory)
 
 STEPS = 200
 BATCH = 64
@@ -231,7 +235,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer repeats and standard runs")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled population (no warm-up)")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc thresholds as they are (an evoloss worker raises them)")
     args = parser.parse_args(argv)
+    kept = False if args.default_malloc else keep_freed_memory()  # as every evoloss worker process does
     if args.threads is not None:
         if args.threads < 1:
             parser.error(f"--threads={args.threads} must be >= 1")
@@ -241,8 +248,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     repeats, standard_runs = (2, 2) if args.quick else (3, 6)
     compiled_ks = () if args.no_compile else COMPILED_KS
     peak = matmul_gflops(seconds=0.5 if args.quick else 1.0)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"freed memory {'kept (as in a worker)' if kept else 'returned (malloc defaults)'}")
     print(f"float32 matmul (1024^3): {peak:.1f} GFLOP/s")
     rows = [r for name in WORKLOADS for r in measure(name, (1, 8, 32), repeats, standard_runs, compiled_ks)]
     print_table(rows, peak)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import statistics
 from dataclasses import dataclass
 
@@ -40,6 +39,7 @@ from evoloss.workers.materialize import materialize
 from evoloss.workers.records import EvalRecord
 from evoloss.workers.task import Budget, NoiseSpec, Splits, Task, TaskData
 from evoloss.workers.trainer import create_trainer
+from machine import cpu_model  # bench/machine.py (bench/ is the script's directory)
 
 # method label -> (trainer name, base loss family)
 METHODS: dict[str, tuple[str, str]] = {
@@ -127,7 +127,7 @@ def main() -> None:
     tasks = [make_task(s, epochs, args.noise) for s in seeds]
     datas = [materialize(t) for t in tasks]
     print(f"# digits/mlp2, symmetric {args.noise:g} (exact), meta 10/class, {epochs} epochs, seeds {seeds}, "
-          f"device {args.device}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+          f"device {args.device}, torch {torch.__version__}, {cpu_model()}, "
           f"{torch.get_num_threads()} threads")
     baseline: dict[str, Measured] = {}
     for family in sorted({"ce", *(METHODS[m][1] for m in args.methods.split(","))}):

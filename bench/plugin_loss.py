@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -41,6 +40,7 @@ import torch
 
 from evoloss import losses
 from evoloss.losses.registry import LossSpec, list_losses
+from machine import cpu_model  # bench/machine.py (bench/ is the script's directory)
 
 SHAPES = ((256, 10), (128, 1000))
 MODES = ("eager", "compiled")
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     steps, blocks = (10, 3) if args.quick else (args.steps, args.blocks)
     modes = ("eager",) if args.quick else tuple(m for m in MODES if m in args.modes)
     families = args.families or list_losses()
-    device = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
+    device = torch.cuda.get_device_name() if args.device == "cuda" else cpu_model()
     print(f"device {args.device} ({device}), torch {torch.__version__}, {args.threads} thread(s), "
           f"{steps} steps x {blocks} blocks (median), load average at start {os.getloadavg()[0]:.2f}")
     print(header(modes), flush=True)

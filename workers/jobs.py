@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
 from evoloss.losses import LossSpec
+from evoloss.workers.allocator import keep_freed_memory
 from evoloss.workers.records import EVAL_RECORD_FIELDS, STATUSES, EvalRecord
 from evoloss.workers.task import Budget, Task, TaskData
 from evoloss.workers.trainer import create_trainer
@@ -243,6 +244,7 @@ class JobRunner:
         self.device = device
         self.cache_size = cache_size
         self.materializer = materializer
+        self.keeps_freed_memory = keep_freed_memory()  # this process is a worker: reuse freed buffers
         self.origin = dict(origin or {"host": socket.gethostname(), "node_ip": "", "worker_pid": os.getpid()})
         self.import_problems = import_trainer_modules(trainer_modules)
         self._materialize: Callable[[Task], TaskData] | None = None

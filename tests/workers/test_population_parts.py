@@ -232,6 +232,46 @@ def _ce_grad(targets: torch.Tensor):
 
 
 @pytest.mark.parametrize(
+    ("conv", "patches"),
+    [
+        (dict(in_channels=1, out_channels=4, kernel_size=3, padding=1), True),  # CNN-4's first layer
+        (dict(in_channels=3, out_channels=6, kernel_size=(2, 3), stride=(2, 1), padding=(0, 1)), True),
+        (dict(in_channels=2, out_channels=6, kernel_size=3, dilation=2, bias=False), True),
+        (dict(in_channels=3, out_channels=2, kernel_size=3), False),  # 27 patch values > 3·2 outputs
+        (dict(in_channels=1, out_channels=4, kernel_size=3, padding="same"), False),
+    ],
+)
+def test_a_first_convolution_as_a_gemm_on_shared_patches_equals_each_members(conv: dict, patches: bool) -> None:
+    """The stacked first Conv2d (on the input all members share) is each member's own convolution, output
+    and gradients, whether it runs as one GEMM on the input's patches or as a K·C_out-filter conv."""
+    from evoloss.workers.population.layers import uses_shared_patches
+
+    def member(seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Conv2d(**conv), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3)).double()
+
+    g = _gen(4)
+    x = torch.randn(5, conv["in_channels"], 7, 9, generator=g, dtype=torch.float64)
+    members = [member(s) for s in (1, 2, 3)]
+    for m in members:
+        m(x)  # materialise the lazy linear
+    net = StackedNet(members)
+    assert uses_shared_patches(members[0][0], x, 3) is patches
+    y = torch.randint(0, 3, (5,), generator=g)
+    values, grads = net.train_step_grads(x, _ce_grad(y))
+    for k, m in enumerate(members):
+        own = F.cross_entropy(m(x), y)
+        torch.testing.assert_close(values[k], own.detach(), rtol=1e-12, atol=1e-12)
+        for a, b in zip(grads, torch.autograd.grad(own, list(m.parameters()))):
+            torch.testing.assert_close(a[k], b, rtol=1e-10, atol=1e-12)
+    out, layout = net.layers[0].forward(x, "shared", 3, training=False)
+    assert layout == "chan" and out.is_contiguous(memory_format=torch.channels_last)  # as the conv path gives
+    for k, m in enumerate(members):
+        c = conv["out_channels"]
+        torch.testing.assert_close(out[:, k * c:(k + 1) * c], m[0](x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
     ("arch", "shape"),
     [("mlp2", (1, 8, 8)), ("mlp3", (12,)), ("cnn4", (1, 8, 8)), ("cnn1d", (1, 24)), ("cnn1d", (24,)), ("bn_cnn", (2, 6, 6))],
 )
