@@ -125,7 +125,8 @@ class Conv(Layer):
     A 2-D convolution of the shared input (a network's first layer) runs as one GEMM on the input's
     patches, which all members share (`_shared_patches_conv2d`), instead of a ``K·C_out``-filter
     convolution: on CNN-4's 1-channel 8×8 digits, K = 8, forward 0.2-0.35 ms against 3.5-4.3 ms, and
-    forward + weight gradient 1.5 ms against 4.5 ms compiled (BENCHMARKS.md "Shared-input convolutions").
+    forward + weight gradient 1.5 ms against 4.5 ms compiled (BENCHMARKS.md "Page faults, shared-input
+    convolutions").
     """
 
     def __init__(self, modules: Sequence[nn.Module]) -> None:
