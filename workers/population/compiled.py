@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable, Sequence
 
 import torch
@@ -108,24 +109,31 @@ class StepPlan:
     optim: OptimSpec
     grad_clip: float | None
 
-    def key(self, x: torch.Tensor, backend: str) -> tuple:
+    @cached_property
+    def signature(self) -> tuple:
+        """Architecture, loss groups and optimiser as plain values (computed once per plan)."""
         arch = tuple((type(layer).__name__, repr(layer.module)) for layer in self.layers)
         groups = tuple((g.fn.__module__, g.fn.__qualname__, g.param_names, g.slots) for g in self.groups)
         optim = (self.optim.name, self.optim.momentum, self.optim.weight_decay)
+        return arch, groups, optim
+
+    def key(self, x: torch.Tensor, backend: str) -> tuple:
+        arch, groups, optim = self.signature
         return (arch, self.slots, tuple(x.shape), x.dtype, str(x.device), groups, optim, self.grad_clip, backend)
 
 
-def compiled_step(plan: StepPlan, xs: torch.Tensor, backend: str = "inductor") -> Step:
-    """The compiled training steps for ``plan`` on stacks of batches like ``xs`` ``[steps, B, ...]`` (built
-    once per signature: the number of steps a call runs is part of it)."""
+def compiled_step(plan: StepPlan, xs: torch.Tensor, backend: str = "inductor") -> tuple[tuple, Step]:
+    """``(signature key, the compiled training steps)`` for ``plan`` on stacks of batches like ``xs``
+    ``[steps, B, ...]`` (built once per signature: the number of steps a call runs is part of it)."""
     key = plan.key(xs, backend)
     if key not in _STEPS:
         _STEPS[key] = torch.compile(make_step(plan, xs.shape[0]), backend=backend, fullgraph=True, dynamic=False)
-    return _STEPS[key]
+    return key, _STEPS[key]
 
 
-def compiled_predict(plan: StepPlan, x: torch.Tensor, backend: str = "inductor") -> Step:
-    """``predict(params, x) -> classes [S, rows]`` (eval mode) for chunks like ``x``, compiled once per signature."""
+def compiled_predict(plan: StepPlan, x: torch.Tensor, backend: str = "inductor") -> tuple[tuple, Step]:
+    """``(signature key, predict)`` with ``predict(params, x) -> classes [S, rows]`` (eval mode) for chunks
+    like ``x``, compiled once per signature."""
     key = (*plan.key(x, backend), "predict")
     if key not in _STEPS:
         k, layers, counts = plan.slots, plan.layers, plan.param_counts
@@ -138,7 +146,7 @@ def compiled_predict(plan: StepPlan, x: torch.Tensor, backend: str = "inductor")
             return h.argmax(dim=1)  # h is [S, C, rows]
 
         _STEPS[key] = torch.compile(predict, backend=backend, fullgraph=True, dynamic=False)
-    return _STEPS[key]
+    return key, _STEPS[key]
 
 
 def make_step(plan: StepPlan, steps: int = 1) -> Step:
@@ -277,10 +285,12 @@ class CompiledSteps:
         self._lr_value = 0.0
         self.adam_steps = 0
         self._scalars = {n: torch.ones(n, 2, dtype=dtype, device=dev) for n in {1, chunk}}
-        self._keys = {n: self.plan.key(x_like.expand(n, *x_like.shape), backend) for n in {1, chunk}}
-        self.fns = {n: compiled_step(self.plan, x_like.expand(n, *x_like.shape), backend) for n in {1, chunk}}
+        compiled = {n: compiled_step(self.plan, x_like.expand(n, *x_like.shape), backend) for n in {1, chunk}}
+        self._keys = {n: key for n, (key, _) in compiled.items()}
+        self.fns = {n: fn for n, (_, fn) in compiled.items()}
         self.backend = backend
         self._padded: dict[int, torch.Tensor] = {}  # id of an eval split -> its rows padded to whole chunks
+        self._predict: dict[tuple, tuple[tuple, Step]] = {}  # chunk shape -> compiled_predict's (key, fn)
 
     def warm_up(self, x: torch.Tensor, y: torch.Tensor, row_w: torch.Tensor, eval_x: torch.Tensor | None = None,
                 eval_rows: int = 0) -> None:
@@ -296,12 +306,19 @@ class CompiledSteps:
                self.lr, self.loss_args)
             _WARM.add(self._keys[n])
         if eval_x is not None and len(eval_x):
-            rows = min(eval_rows, len(eval_x))
-            key = (*self.plan.key(eval_x[:rows], self.backend), "predict")
+            chunk_x = eval_x[:min(eval_rows, len(eval_x))]
+            key, predict = self._predict_fn(chunk_x)
             if key not in _WARM:
                 with torch.no_grad():
-                    compiled_predict(self.plan, eval_x[:rows], self.backend)(self.params, eval_x[:rows])
+                    predict(self.params, chunk_x)
                 _WARM.add(key)
+
+    def _predict_fn(self, chunk_x: torch.Tensor) -> tuple[tuple, Step]:
+        """`compiled_predict` for chunks like ``chunk_x``, looked up once per chunk shape of this run."""
+        shape = tuple(chunk_x.shape)
+        if shape not in self._predict:
+            self._predict[shape] = compiled_predict(self.plan, chunk_x, self.backend)
+        return self._predict[shape]
 
     def steps(self, xs: torch.Tensor, ys: torch.Tensor, row_ws: torch.Tensor, lr: float,
               loss_sum: torch.Tensor) -> None:
@@ -335,7 +352,7 @@ class CompiledSteps:
         if key not in self._padded:
             pad = -n % rows
             self._padded[key] = torch.cat([x, x[torch.arange(pad, device=x.device) % n]]) if pad else x
-        fn = compiled_predict(self.plan, x[:rows], self.backend)
+        _, fn = self._predict_fn(x[:rows])
         out = [fn(self.params, chunk) for chunk in self._padded[key].split(rows)]
         return torch.cat(out, dim=1)[:, :n]
 
