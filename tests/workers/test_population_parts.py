@@ -359,3 +359,17 @@ def test_select_and_finite_members() -> None:
         assert torch.equal(a, b.detach())
     x = torch.randn(3, 4, generator=_gen(12), dtype=torch.float64)
     assert net.predict(x).shape == (2, 3)
+
+
+def test_finite_members_reads_elements_when_a_sum_is_not_finite() -> None:
+    """A member is finite iff every element is: a +inf / -inf pair (whose sum is NaN), a lone inf, and
+    finite values whose sum overflows (the fast path's sum is inf) are each told apart right."""
+    net = StackedNet(_members("mlp2", (4,)))
+    big = torch.finfo(net.params[0].dtype).max
+    with torch.no_grad():
+        net.params[0][0, 0, :2] = torch.tensor([float("inf"), -float("inf")])
+        net.params[0][1].fill_(big)  # finite, but its sum overflows
+    assert net.finite_members().tolist() == [False, True, True]
+    with torch.no_grad():
+        net.params[1][2, 0] = -float("inf")
+    assert net.finite_members().tolist() == [False, True, False]

@@ -55,6 +55,7 @@ class StackedRun:
         self.compiled: CompiledSteps | None = None
         self.compile_s = 0.0
         self._row_weights: dict[int, torch.Tensor] = {}
+        self._epoch_row_ws: torch.Tensor | None = None  # `_epoch_stack`'s row weights (the same every epoch)
         self.start = time.perf_counter()
 
     def start_eager(self, net: StackedNet, losses: MemberLosses) -> None:
@@ -114,13 +115,17 @@ class StackedRun:
 
     def _epoch_stack(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The epoch's mini-batches stacked ``[batches, B, ...]`` with their row weights ``[batches, B]``
-        (compiled path: the last batch padded with weight-0 copies of its own rows), from one gather."""
-        padded = [self._padded_index(idx) for idx in
-                  batches(len(self.y_train), self.task.budget.batch_size, seed=self.task.seed, epoch=epoch)]
-        order = torch.cat([idx for idx, _ in padded]).to(self.dev, non_blocking=True)
-        n = len(padded)
+        (compiled path: the last batch padded with weight-0 copies of its own rows), from one gather.
+        Every epoch has the same batch sizes, so the row weights are built once per run."""
+        parts = batches(len(self.y_train), self.task.budget.batch_size, seed=self.task.seed, epoch=epoch)
+        parts[-1], last_w = self._padded_index(parts[-1])
+        order = torch.cat(parts).to(self.dev, non_blocking=True)
+        n = len(parts)
+        if self._epoch_row_ws is None or len(self._epoch_row_ws) != n:
+            full = self._padded_index(parts[0])[1] if n > 1 else last_w
+            self._epoch_row_ws = torch.stack([full] * (n - 1) + [last_w])
         xs = self.x_train[order].reshape(n, -1, *self.x_train.shape[1:])
-        return xs, self.y_train[order].reshape(n, -1), torch.stack([w for _, w in padded])
+        return xs, self.y_train[order].reshape(n, -1), self._epoch_row_ws
 
     def live(self) -> list[tuple[int, int]]:
         """``(stack position, original index)`` of every member still training."""

@@ -194,9 +194,19 @@ class StackedNet:
 
     @torch.no_grad()
     def finite_members(self) -> torch.Tensor:
-        """``[K]`` bool: the members whose parameters and buffers are all finite."""
+        """``[K]`` bool: the members whose parameters and buffers are all finite.
+
+        Fast path: a member's sum over a tensor is finite only if every element is (a NaN or an inf makes
+        it NaN or inf), so finite sums everywhere settle it from ``K`` values per tensor; any non-finite
+        sum — a bad element, or finite values whose sum overflowed — falls back to the element check."""
         state = self._state()
-        ok = torch.ones(self.size, dtype=torch.bool, device=state[0].device if state else None)
+        if not state:
+            return torch.ones(self.size, dtype=torch.bool)
+        sums = torch.stack([t.reshape(self.size, -1).sum(dim=1) for t in state])
+        ok = torch.isfinite(sums).all(dim=0)
+        if bool(ok.all()):
+            return ok
+        ok = torch.ones(self.size, dtype=torch.bool, device=state[0].device)
         for t in state:
             ok &= torch.isfinite(t.reshape(self.size, -1)).all(dim=1)
         return ok
