@@ -376,6 +376,12 @@ def test_plugins_key_given_noise_and_the_cleanlab_method_in_configs(project) -> 
     home = Path(sys.modules["my_losses"].__file__).resolve().parent  # the project that imported it first
     env = user_code.user_runtime_env([home / "run" / "ray"])
     assert env["working_dir"] == str(home) and {"*.npz", "/run/ray"} <= set(env["excludes"])
+    from ray._private.runtime_env.packaging import _get_excludes  # the matcher Ray packs the directory with
+
+    shipped = _get_excludes(home, env["excludes"])
+    for earlier in ("search1/ray/session_latest", "sub/cmp/ray/session_2026-12-01_20-24-44_058165_4848"):
+        assert shipped(home / earlier / "runtime_resources" / "working_dir_files" / "pkg" / "my_losses.py")
+    assert not shipped(home / "my_losses.py") and not shipped(home / "ray" / "notes.py")
     assert set(env["env_vars"][user_code.USER_MODULES_ENV].split(",")) == {"my_losses", "my_models"}
     with pytest.raises(ConfigError, match="type 'given' takes no rate"):
         load_config(project / "s.toml", overrides={"grid.noise": [{"type": "given", "rate": 0.3}]})
