@@ -81,6 +81,15 @@ NOISE_EXAMPLE = 'write e.g. [{type = "symmetric", rate = 0.8}]'
 
 
 @dataclass(frozen=True, kw_only=True)
+class PairSection:
+    dataset: str = _f("", "a name in grid.datasets", "str")
+    arch: str = _f("", "a name in grid.archs", "str")
+
+
+EXCLUDE_EXAMPLE = 'write e.g. [{dataset = "mnist1d", arch = "mlp4"}]'
+
+
+@dataclass(frozen=True, kw_only=True)
 class GridSection:
     datasets: tuple[str, ...] = _f(("digits",), "dataset registry names", "names")
     archs: tuple[str, ...] = _f(("mlp2",), "architecture registry names", "names")
@@ -98,6 +107,10 @@ class GridSection:
     aggregate: str = _f("mean", "scores over tasks: mean | quantile (the lower grid.quantile, worst-case transfer)",
                         "str", choices=("mean", "quantile"))
     quantile: float = _f(0.25, "the quantile of aggregate = quantile (0 = the worst task)", "float", min=0.0, max=1.0)
+    exclude: tuple[PairSection, ...] = _f((), "dataset x arch pairs left out of the product (e.g. a pair the search "
+                                          "names as near chance); [] = none", "tables", section=PairSection,
+                                          what="dataset/arch tables", example=EXCLUDE_EXAMPLE,
+                                          empty_ok=True)
     incompatible: str = _f("refuse", "a dataset x arch pair that cannot work: refuse (error listing the pairs that "
                            "fit) | leave-out (skipped, said in one line)", "str", choices=("refuse", "leave-out"))
     data_dir: str | None = _f(None, "where dataset files live; unset = the datasets' default", "str?")
@@ -337,20 +350,29 @@ def _check_pairs(config: SearchConfig) -> None:
     except ImportError:
         return
     grid = config.grid
-    bad = incompatible_pairs(grid.datasets, grid.archs, grid.data_dir)
+    for i, pair in enumerate(grid.exclude):
+        for key, name, names in (("dataset", pair.dataset, grid.datasets), ("arch", pair.arch, grid.archs)):
+            if name not in names:
+                raise ConfigError(f"grid.exclude[{i}].{key}", f"is not in grid.{key}s", name,
+                                  f"use one of {', '.join(names)}")
+    excluded = {(p.dataset, p.arch) for p in grid.exclude}
+    if len(excluded) != len(grid.exclude):
+        raise ConfigError("grid.exclude", "lists a pair twice", [vars(p) for p in grid.exclude], "remove the duplicate")
+    bad = [b for b in incompatible_pairs(grid.datasets, grid.archs, grid.data_dir) if (b[0], b[1]) not in excluded]
     if bad and grid.incompatible == "refuse":
         skip = {(d, a) for d, a, _ in bad}
         fit = [f"{a} on {d}" for a in grid.archs for d in grid.datasets if (d, a) not in skip]
         raise ConfigError("grid.archs", f"{bad[0][1]!r} cannot take dataset {bad[0][0]!r} "
                           f"({len(bad)} pair(s) cannot work)", list(grid.archs),
                           f"pairs that fit: {', '.join(fit) or 'none'}; or set grid.incompatible = \"leave-out\"")
-    size = (len(grid.datasets) * len(grid.archs) - len(bad)) * len(grid.noise) * len(grid.seeds)
+    size = (len(grid.datasets) * len(grid.archs) - len(bad) - len(excluded)) * len(grid.noise) * len(grid.seeds)
     if size == 0:
-        raise ConfigError("grid.archs", "no dataset x architecture pair can work", list(grid.archs),
-                          "add an architecture that takes these datasets (e.g. mlp2)")
+        raise ConfigError("grid.archs", "no dataset x architecture pair can work" if not excluded else
+                          "no dataset x architecture pair is left after grid.exclude", list(grid.archs),
+                          "add an architecture that takes these datasets (e.g. mlp2), or exclude fewer pairs")
     if grid.subset_size is not None and grid.subset_size > size:
         raise ConfigError("grid.subset_size", f"exceeds the {size} tasks left after {len(bad)} pair(s) that cannot "
-                          "work", grid.subset_size, f"use at most {size}")
+                          f"work and {len(excluded)} excluded", grid.subset_size, f"use at most {size}")
 
 
 def initial_genome(config: SearchConfig) -> list[float]:

@@ -12,7 +12,7 @@ Value kinds (``kind=``), a trailing ``?`` making a scalar optional (unset = None
 - ``str``, ``int``, ``float``, ``bool``: scalars (rules ``choices``, ``min``, ``max``, ``gt``, ``lt``);
 - ``names`` / ``ints``: non-empty lists of distinct strings / integers (rules apply to each item);
 - ``tables``: a non-empty list of tables, each built as section ``section=`` (``what=`` and
-  ``example=`` word the error);
+  ``example=`` word the error; ``empty_ok=True`` also takes ``[]``);
 - ``word_or_numbers``: one of ``choices`` or a non-empty list of numbers (``search.x0``);
 - ``params``: ``{name = number}``; ``grid``: ``{name = [numbers]}``; ``options``: a table of plain data.
 
@@ -186,6 +186,8 @@ def convert_value(path: str, value: Any, meta: Mapping[str, Any]) -> Any:
             raise ConfigError(path, "lists an entry twice", value, "remove the duplicate")
         return out
     if kind == "tables":
+        if meta.get("empty_ok") and value == []:
+            return ()
         items = _listed(path, value, meta["what"], meta["example"])
         return tuple(build_section(meta["section"], v, f"{path}[{i}]") for i, v in enumerate(items))
     if kind == "word_or_numbers":

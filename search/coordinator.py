@@ -274,7 +274,7 @@ class GenerationLoop:
         self.rule, self.schedule = fitness_rule(config), halving_schedule(config)
         self.references: dict[str, float] = {}
         if self.grid.left_out:
-            self.say(left_out_line(self.grid.left_out))
+            self.say(left_out_line(self.grid.left_out, ((e.dataset, e.arch) for e in self.config.grid.exclude)))
         saved = store.load_state()
         self.strategy: CMAStrategy
         self.resumed_from: int | None
@@ -374,7 +374,7 @@ class GenerationLoop:
             self._near_chance_said.add(key)
             self.say(f"\rnote: task {key}: every candidate stayed near chance ({column} at most {best:.3f}, "
                      f"chance {1 / classes:.3f}), so it gives the fitness no signal; train longer (train.epochs) "
-                     "or leave its dataset or architecture out of the grid\n")
+                     "or leave the pair out of the grid (grid.exclude)\n")
 
     def summary(self) -> SearchSummary:
         """The search so far: the store's complete generations, the stop reasons, this call's timings."""

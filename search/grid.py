@@ -16,7 +16,9 @@ A dataset × architecture pair that cannot work (``cnn1d`` takes sequences, ``di
 known from the registries before anything trains (`incompatible_pairs`: the dataset's input shape
 from its loader, the architecture's accepted inputs from `workers.archs.check_arch`): the config
 refuses it, listing the pairs that fit, or (``grid.incompatible = "leave-out"``) the product skips
-it and the search says so in one line (`left_out_line`).
+it and the search says so in one line (`left_out_line`). ``grid.exclude`` leaves out pairs that can
+work but are not wanted (a pair the search named near chance, or a deep network only on the data it
+learns within the budget), in the same way and the same line.
 
 Fitness (`fitness_from_rows`, the default rule of `search.fitness`): per candidate, the mean over its tasks of the metric chosen by
 ``metric_rule`` (``last`` → ``val_acc_last``, gao-arl's "at convergence"; ``best`` →
@@ -63,7 +65,7 @@ class TaskGrid:
 
     Every task shares ``budget``, ``splits`` and ``data_dir``. ``subset_size`` None (or equal to the
     grid size) evaluates every task each generation. ``left_out`` lists ``(dataset, arch)`` pairs the
-    product skips (pairs that cannot work, `incompatible_pairs`).
+    product skips (``grid.exclude``'s, and pairs that cannot work, `incompatible_pairs`).
     """
 
     datasets: tuple[str, ...]
@@ -210,12 +212,17 @@ def incompatible_pairs(datasets: Iterable[str], archs: Iterable[str],
     return bad
 
 
-def left_out_line(left_out: Iterable[tuple[str, str]]) -> str:
-    """The one line a search prints about the pairs it leaves out of its product ("" when none)."""
-    pairs = [f"{a} on {d}" for d, a in left_out]
-    if not pairs:
-        return ""
-    return f"grid: left out {len(pairs)} dataset x architecture pair(s) that cannot work: {', '.join(pairs)}\n"
+def left_out_line(left_out: Iterable[tuple[str, str]], excluded: Iterable[tuple[str, str]] = ()) -> str:
+    """The one line a search prints about the pairs it leaves out of its product ("" when none): those
+    ``grid.exclude`` names, then those that cannot work."""
+    chosen = set(excluded)
+    parts = []
+    for label, pairs in (("excluded by grid.exclude", [p for p in left_out if p in chosen]),
+                         ("that cannot work", [p for p in left_out if p not in chosen])):
+        if pairs:
+            parts.append(f"{len(pairs)} dataset x architecture pair(s) {label}: "
+                         + ", ".join(f"{a} on {d}" for d, a in pairs))
+    return f"grid: left out {'; '.join(parts)}\n" if parts else ""
 
 
 def _split_size(value: float) -> float | int:
@@ -233,9 +240,11 @@ def grid_from_config(config: SearchConfig) -> TaskGrid:
     splits = Splits(val=_split_size(train.val), test=_split_size(train.test), noisy_val=_split_size(train.noisy_val),
                     max_train=train.max_train)
     noises = tuple(n.to_spec() for n in grid.noise)
-    left_out: tuple[tuple[str, str], ...] = ()
+    excluded = tuple((p.dataset, p.arch) for p in grid.exclude)
+    left_out: tuple[tuple[str, str], ...] = excluded
     if grid.incompatible == "leave-out":
-        left_out = tuple((d, a) for d, a, _ in incompatible_pairs(grid.datasets, grid.archs, grid.data_dir))
+        left_out += tuple((d, a) for d, a, _ in incompatible_pairs(grid.datasets, grid.archs, grid.data_dir)
+                          if (d, a) not in excluded)
     return TaskGrid(
         datasets=grid.datasets, archs=grid.archs, noises=noises, seeds=grid.seeds, mode=grid.mode,
         subset_size=grid.subset_size, subset_seed=config.search.seed, metric_rule=grid.metric_rule,

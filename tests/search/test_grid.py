@@ -149,3 +149,36 @@ def test_config_refuses_a_pair_that_cannot_work_or_leaves_it_out() -> None:
     assert grid_from_config(config).left_out == (("digits", "cnn1d"),) and len(grid_from_config(config)) == 3
     with pytest.raises(ConfigError, match="exceeds the 3 tasks left"):
         load_config(overrides={**over, "grid.incompatible": "leave-out", "grid.subset_size": 4})
+
+
+def test_grid_exclude_leaves_pairs_that_could_work_out_of_the_product() -> None:
+    from evoloss.search.config import load_config
+    from evoloss.search.config_fields import ConfigError
+    from evoloss.search.grid import grid_from_config, left_out_line
+
+    over = {"grid.datasets": ["digits", VEC], "grid.archs": ["mlp2", "mlp4", "cnn1d"], "grid.mode": "ardr",
+            "grid.noise": [{"type": "symmetric", "rate": 0.4}], "grid.seeds": [0, 1],
+            "grid.incompatible": "leave-out", "grid.exclude": [{"dataset": VEC, "arch": "mlp4"}]}
+    grid = grid_from_config(load_config(overrides=over))
+    assert set(grid.left_out) == {(VEC, "mlp4"), ("digits", "cnn1d")}
+    pairs = {(t.dataset, t.arch) for t in grid.tasks()}
+    assert pairs == {("digits", "mlp2"), ("digits", "mlp4"), (VEC, "mlp2"), (VEC, "cnn1d")} and len(grid) == 8
+    line = left_out_line(grid.left_out, [(VEC, "mlp4")])
+    assert line == (f"grid: left out 1 dataset x architecture pair(s) excluded by grid.exclude: mlp4 on {VEC}; "
+                    "1 dataset x architecture pair(s) that cannot work: cnn1d on digits\n")
+    # an excluded pair that cannot work is not refused (it is left out either way)
+    refuse = {**over, "grid.incompatible": "refuse", "grid.exclude": [{"dataset": "digits", "arch": "cnn1d"}]}
+    assert set(grid_from_config(load_config(overrides=refuse)).left_out) == {("digits", "cnn1d")}
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides={**over, "grid.exclude": [{"dataset": "mnist1d", "arch": "mlp4"}]})
+    assert info.value.key == "grid.exclude[0].dataset" and "digits" in info.value.fix
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides={**over, "grid.exclude": [{"dataset": VEC, "arch": "mlp3"}]})
+    assert info.value.key == "grid.exclude[0].arch"
+    with pytest.raises(ConfigError, match="twice"):
+        load_config(overrides={**over, "grid.exclude": [{"dataset": VEC, "arch": "mlp4"}] * 2})
+    with pytest.raises(ConfigError, match="exceeds the 8 tasks left after 1 pair"):
+        load_config(overrides={**over, "grid.subset_size": 9})
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides={**over, "grid.exclude": [{"dataset": VEC, "archx": "mlp4"}]})
+    assert "archx" in str(info.value)
