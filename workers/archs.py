@@ -15,7 +15,7 @@ Initialisation is PyTorch's default under ``seed``: ``create_arch(..., seed=s)``
 network's initial weights depend on the seed alone (the population trainer relies on this).
 
 Choices where the papers are silent (gao-arl §4 names MLP-2, MLP-3 and a 4-layer CNN only):
-hidden width 256 for the MLPs; CNN-4 = two 3×3 conv layers (32, 64; ReLU, 2×2 max-pool) and two
+hidden width 256 for the MLPs (MLP-4, three hidden layers, is ours); CNN-4 = two 3×3 conv layers (32, 64; ReLU, 2×2 max-pool) and two
 linear layers (128 hidden) after an adaptive average pool to at most 4×4. CIFAR-style networks follow
 He et al. (2016): a 3×3 stem without max-pool; ResNet-32 uses parameter-free "option A" shortcuts.
 """
@@ -212,6 +212,23 @@ def mlp3(shape: Shape, num_classes: int) -> nn.Module:
     return nn.Sequential(
         nn.Flatten(),
         nn.Linear(_flat_size(shape), 256),
+        nn.ReLU(),
+        nn.Linear(256, 256),
+        nn.ReLU(),
+        nn.Linear(256, num_classes),
+    )
+
+
+@register_arch("mlp4", inputs="flat")
+def mlp4(shape: Shape, num_classes: int) -> nn.Module:
+    """4-layer MLP (ours, not in gao-arl): flatten -> 256 -> ReLU -> 256 -> ReLU -> 256 -> ReLU -> C.
+    As deep as CNN-4, and like it slow to train under bounded losses at the protocol's lr: a search
+    that sees it learns a loss's pace (BENCHMARKS.md, "A deep MLP as the CNN's proxy")."""
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(_flat_size(shape), 256),
+        nn.ReLU(),
+        nn.Linear(256, 256),
         nn.ReLU(),
         nn.Linear(256, 256),
         nn.ReLU(),

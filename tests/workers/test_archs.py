@@ -32,7 +32,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_all_required_architectures_are_registered() -> None:
-    required = {"mlp2", "mlp3", "cnn4", "jocor_cnn", "vgg11", "resnet18", "preact_resnet18", "resnet32", "cnn1d"}
+    required = {"mlp2", "mlp3", "mlp4", "cnn4", "jocor_cnn", "vgg11", "resnet18", "preact_resnet18", "resnet32", "cnn1d"}
     assert required <= set(list_archs())
     assert list_archs("resnet*") == ["resnet18", "resnet32"]
 
@@ -135,6 +135,7 @@ def test_mlp_parameter_counts() -> None:
     d, h, c = 64, 256, 10
     assert _count(create_arch("mlp2", (1, 8, 8), c)) == d * h + h + h * c + c
     assert _count(create_arch("mlp3", (1, 8, 8), c)) == d * h + h + h * h + h + h * c + c
+    assert _count(create_arch("mlp4", (1, 8, 8), c)) == d * h + h + 2 * (h * h + h) + h * c + c
 
 
 def test_jocor_cnn_parameter_count() -> None:
