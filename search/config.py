@@ -107,6 +107,9 @@ class GridSection:
     aggregate: str = _f("mean", "scores over tasks: mean | quantile (the lower grid.quantile, worst-case transfer)",
                         "str", choices=("mean", "quantile"))
     quantile: float = _f(0.25, "the quantile of aggregate = quantile (0 = the worst task)", "float", min=0.0, max=1.0)
+    stratify: str = _f("none", "how a generation's subset is drawn: none (from the whole grid) | arch (the same "
+                       "share of grid.subset_size from each architecture, the remainder to random ones)", "str",
+                       choices=("none", "arch"))
     exclude: tuple[PairSection, ...] = _f((), "dataset x arch pairs left out of the product (e.g. a pair the search "
                                           "names as near chance); [] = none", "tables", section=PairSection,
                                           what="dataset/arch tables", example=EXCLUDE_EXAMPLE,
@@ -373,6 +376,18 @@ def _check_pairs(config: SearchConfig) -> None:
     if grid.subset_size is not None and grid.subset_size > size:
         raise ConfigError("grid.subset_size", f"exceeds the {size} tasks left after {len(bad)} pair(s) that cannot "
                           f"work and {len(excluded)} excluded", grid.subset_size, f"use at most {size}")
+    if grid.stratify == "arch" and grid.subset_size is not None:
+        from evoloss.search.grid import stratum_shortfall
+
+        gone = excluded | {(d, a) for d, a, _ in bad}
+        counts = {a: len(grid.noise) * len(grid.seeds) * sum((d, a) not in gone for d in grid.datasets)
+                  for a in grid.archs}
+        short = stratum_shortfall(counts, grid.subset_size)
+        if short:
+            raise ConfigError("grid.subset_size", f"takes up to {short[1]} tasks of each architecture under "
+                              f"grid.stratify = \"arch\", but {short[0]!r} has {counts[short[0]]}",
+                              grid.subset_size, f"use at most {len(grid.archs) * min(counts.values())}, or "
+                              "grid.stratify = \"none\"")
 
 
 def initial_genome(config: SearchConfig) -> list[float]:

@@ -80,6 +80,7 @@ class TaskGrid:
     splits: Splits = field(default_factory=Splits)
     data_dir: str | None = None
     left_out: tuple[tuple[str, str], ...] = ()
+    stratify: str = "none"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -106,6 +107,13 @@ class TaskGrid:
         k = self.subset_size
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n):
             raise ValueError(f"TaskGrid.subset_size must be None or an int in [1, {n}] (the grid size), got {k!r}")
+        if self.stratify not in STRATA:
+            raise ValueError(f"TaskGrid.stratify={self.stratify!r} is not one of {STRATA}")
+        if self.stratify == "arch" and k is not None:
+            short = stratum_shortfall(self.arch_task_counts(), k)
+            if short:
+                raise ValueError(f"TaskGrid.stratify='arch': subset_size={k} takes up to {short[1]} tasks of each "
+                                 f"architecture, but {short[0]!r} has {self.arch_task_counts()[short[0]]}")
         metric_column(self.metric_rule)
 
     def _check_mode(self) -> None:
@@ -135,16 +143,36 @@ class TaskGrid:
             if (d, a) not in skip
         ]
 
+    def arch_task_counts(self) -> dict[str, int]:
+        """Tasks of each architecture (left-out pairs skipped), in grid order."""
+        per_arch = len(self.noises) * len(self.seeds)
+        skip = set(self.left_out)
+        return {a: per_arch * sum((d, a) not in skip for d in self.datasets) for a in self.archs}
+
     def tasks_for_generation(self, generation: int) -> list[Task]:
-        """The tasks every candidate of ``generation`` is trained on (the seeded subset, in grid order)."""
+        """The tasks every candidate of ``generation`` is trained on (the seeded subset, in grid order).
+
+        ``stratify = "arch"``: every architecture gets ``subset_size // len(archs)`` of the subset, and
+        the remainder goes to as many architectures drawn at random (each then drawn from its own
+        tasks). Every generation then sees every architecture, so the fitness of one generation's
+        best is not raised by a subset that happened to leave out the hardest architecture (the best
+        candidate across generations is picked from fitness values of different subsets)."""
         if isinstance(generation, bool) or not isinstance(generation, int) or generation < 0:
             raise ValueError(f"generation must be a non-negative int, got {generation!r}")
         tasks = self.tasks()
         if self.subset_size is None or self.subset_size == len(tasks):
             return tasks
         rng = np.random.default_rng([self.subset_seed, generation])
-        chosen = np.sort(rng.choice(len(tasks), size=self.subset_size, replace=False))
-        return [tasks[i] for i in chosen]
+        if self.stratify == "none":
+            chosen = rng.choice(len(tasks), size=self.subset_size, replace=False)
+        else:
+            base, extra = divmod(self.subset_size, len(self.archs))
+            bonus = set(rng.permutation(len(self.archs))[:extra].tolist())
+            chosen = []
+            for i, arch in enumerate(self.archs):
+                index = [j for j, t in enumerate(tasks) if t.arch == arch]
+                chosen += [index[j] for j in rng.choice(len(index), size=base + (i in bonus), replace=False)]
+        return [tasks[i] for i in np.sort(np.asarray(chosen))]
 
     def subset_keys(self, generation: int) -> list[str]:
         """`Task.key()` of each task of ``generation`` (recorded in the generation row)."""
@@ -191,6 +219,20 @@ def dataset_input(dataset: str, data_dir: str | None) -> tuple[tuple[int, ...], 
     except FileNotFoundError:
         return None
     return tuple(raw.input_shape), int(raw.num_classes)
+
+
+STRATA = ("none", "arch")
+"""How a generation's task subset is drawn: from the whole grid, or the same share from each architecture."""
+
+
+def stratum_shortfall(counts: Mapping[str, int], subset_size: int) -> tuple[str, int] | None:
+    """``(arch, share)`` for the first architecture with fewer tasks than the largest share
+    ``ceil(subset_size / len(counts))`` of a stratified subset (or fewer archs than tasks: share 1), else None."""
+    share = -(-subset_size // len(counts))
+    for arch, n in counts.items():
+        if n < share:
+            return arch, share
+    return None
 
 
 def incompatible_pairs(datasets: Iterable[str], archs: Iterable[str],
@@ -248,5 +290,5 @@ def grid_from_config(config: SearchConfig) -> TaskGrid:
     return TaskGrid(
         datasets=grid.datasets, archs=grid.archs, noises=noises, seeds=grid.seeds, mode=grid.mode,
         subset_size=grid.subset_size, subset_seed=config.search.seed, metric_rule=grid.metric_rule,
-        budget=budget, splits=splits, data_dir=grid.data_dir, left_out=left_out,
+        budget=budget, splits=splits, data_dir=grid.data_dir, left_out=left_out, stratify=grid.stratify,
     )

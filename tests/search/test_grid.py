@@ -182,3 +182,46 @@ def test_grid_exclude_leaves_pairs_that_could_work_out_of_the_product() -> None:
     with pytest.raises(ConfigError) as info:
         load_config(overrides={**over, "grid.exclude": [{"dataset": VEC, "archx": "mlp4"}]})
     assert "archx" in str(info.value)
+
+
+def test_a_stratified_subset_gives_every_architecture_its_share() -> None:
+    grid = TaskGrid(datasets=("digits", VEC), archs=("mlp2", "mlp3", "mlp4"), seeds=(0, 1, 2), subset_size=7,
+                    subset_seed=3, stratify="arch", left_out=((VEC, "mlp4"),))
+    assert grid.arch_task_counts() == {"mlp2": 6, "mlp3": 6, "mlp4": 3}
+    extras = set()
+    for generation in range(12):
+        tasks = grid.tasks_for_generation(generation)
+        counts = {a: sum(t.arch == a for t in tasks) for a in grid.archs}
+        assert sorted(counts.values()) == [2, 2, 3] and len({t.key() for t in tasks}) == 7
+        extras.add(max(counts, key=counts.get))
+        order = [t.key() for t in grid.tasks()]
+        assert [t.key() for t in tasks] == sorted((t.key() for t in tasks), key=order.index)  # grid order
+        again = TaskGrid(datasets=("digits", VEC), archs=("mlp2", "mlp3", "mlp4"), seeds=(0, 1, 2), subset_size=7,
+                         subset_seed=3, stratify="arch", left_out=((VEC, "mlp4"),))
+        assert grid.subset_keys(generation) == again.subset_keys(generation)  # a pure function: resumes agree
+    assert extras == {"mlp2", "mlp3", "mlp4"}  # the remainder goes to each architecture in turn of the draws
+    plain = TaskGrid(datasets=("digits", VEC), archs=("mlp2", "mlp3", "mlp4"), seeds=(0, 1, 2), subset_size=7,
+                     subset_seed=3, left_out=((VEC, "mlp4"),))
+    assert any(not any(t.arch == "mlp4" for t in plain.tasks_for_generation(g)) for g in range(12))
+    with pytest.raises(ValueError, match="'mlp4' has 3"):
+        TaskGrid(datasets=("digits", VEC), archs=("mlp2", "mlp4"), seeds=(0, 1, 2), subset_size=8, stratify="arch",
+                 left_out=((VEC, "mlp4"),))
+    with pytest.raises(ValueError, match="stratify"):
+        TaskGrid(datasets=("digits",), archs=("mlp2",), stratify="dataset")
+
+
+def test_config_checks_a_stratified_subset_against_each_architecture() -> None:
+    from evoloss.search.config import load_config
+    from evoloss.search.config_fields import ConfigError
+    from evoloss.search.grid import grid_from_config
+
+    over = {"grid.datasets": ["digits", VEC], "grid.archs": ["mlp2", "mlp4"], "grid.mode": "ardr",
+            "grid.seeds": [0, 1], "grid.exclude": [{"dataset": VEC, "arch": "mlp4"}], "grid.stratify": "arch"}
+    grid = grid_from_config(load_config(overrides={**over, "grid.subset_size": 4}))
+    assert grid.stratify == "arch" and all(sum(t.arch == "mlp4" for t in grid.tasks_for_generation(g)) == 2
+                                           for g in range(5))
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides={**over, "grid.subset_size": 5})
+    assert info.value.key == "grid.subset_size" and "'mlp4' has 2" in str(info.value) and "at most 4" in info.value.fix
+    with pytest.raises(ConfigError, match="one of none, arch|none.*arch"):
+        load_config(overrides={**over, "grid.stratify": "noise"})
