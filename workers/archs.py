@@ -200,23 +200,26 @@ def _head(width: int, num_classes: int) -> list[nn.Module]:
 
 
 # --- the registered architectures -----------------------------------------------------------------
+def _mlp(shape: Shape, num_classes: int, hidden_layers: int) -> nn.Module:
+    """flatten -> (256 -> ReLU) × hidden_layers -> C, the modules built in order (same init per seed)."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = _flat_size(shape)
+    for _ in range(hidden_layers):
+        layers += [nn.Linear(width, 256), nn.ReLU()]
+        width = 256
+    return nn.Sequential(*layers, nn.Linear(width, num_classes))
+
+
 @register_arch("mlp2", inputs="flat")
 def mlp2(shape: Shape, num_classes: int) -> nn.Module:
     """2-layer MLP (gao-arl §4): flatten -> 256 -> ReLU -> C."""
-    return nn.Sequential(nn.Flatten(), nn.Linear(_flat_size(shape), 256), nn.ReLU(), nn.Linear(256, num_classes))
+    return _mlp(shape, num_classes, 1)
 
 
 @register_arch("mlp3", inputs="flat")
 def mlp3(shape: Shape, num_classes: int) -> nn.Module:
     """3-layer MLP (gao-arl §4): flatten -> 256 -> ReLU -> 256 -> ReLU -> C."""
-    return nn.Sequential(
-        nn.Flatten(),
-        nn.Linear(_flat_size(shape), 256),
-        nn.ReLU(),
-        nn.Linear(256, 256),
-        nn.ReLU(),
-        nn.Linear(256, num_classes),
-    )
+    return _mlp(shape, num_classes, 2)
 
 
 @register_arch("mlp4", inputs="flat")
@@ -224,16 +227,7 @@ def mlp4(shape: Shape, num_classes: int) -> nn.Module:
     """4-layer MLP (ours, not in gao-arl): flatten -> 256 -> ReLU -> 256 -> ReLU -> 256 -> ReLU -> C.
     As deep as CNN-4, and like it slow to train under bounded losses at the protocol's lr: a search
     that sees it learns a loss's pace (BENCHMARKS.md, "A deep MLP as the CNN's proxy")."""
-    return nn.Sequential(
-        nn.Flatten(),
-        nn.Linear(_flat_size(shape), 256),
-        nn.ReLU(),
-        nn.Linear(256, 256),
-        nn.ReLU(),
-        nn.Linear(256, 256),
-        nn.ReLU(),
-        nn.Linear(256, num_classes),
-    )
+    return _mlp(shape, num_classes, 3)
 
 
 @register_arch("cnn4", inputs="image")
