@@ -33,6 +33,7 @@ import math
 import os
 import shutil
 import tempfile
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
@@ -138,17 +139,25 @@ def reevaluation_seeds(config: "SearchConfig", reeval_seeds: int) -> list[int]:
 
 def reevaluation_tasks(config: "SearchConfig", seeds: Sequence[int]) -> list[tuple[str, str, int, int]]:
     """``(arch, dataset, noise index, seed)`` of every re-evaluation task, in grid order (module docstring, 2)."""
-    from evoloss.search.grid import grid_from_config
+    from evoloss.search.grid import grid_from_config, stratum_shortfall
 
-    skip = set(grid_from_config(config).left_out)
+    search_grid = grid_from_config(config)
+    skip = set(search_grid.left_out)
     grid = config.grid
     tasks = [(a, d, n, s) for a in grid.archs for d in grid.datasets for n in range(len(grid.noise)) for s in seeds
              if (d, a) not in skip]
     if grid.subset_size is None or len(tasks) <= MAX_TASKS:
         return tasks
     size = min(len(tasks), max(MAX_TASKS, grid.subset_size))
-    chosen = np.random.default_rng([config.search.seed, SUBSET_STREAM]).choice(len(tasks), size=size, replace=False)
-    return [tasks[i] for i in sorted(chosen)]
+    # the search grid's own subset rule (stratified by arch when it is, and each arch has enough tasks) on
+    # the re-evaluation seeds, drawn from the stream [search.seed, SUBSET_STREAM]
+    reeval_grid = dataclasses.replace(search_grid, seeds=tuple(seeds), subset_size=None, stratify="none")
+    stratify = search_grid.stratify
+    if stratify != "none" and stratum_shortfall(reeval_grid.arch_task_counts(), size):
+        stratify = "none"
+    reeval_grid = dataclasses.replace(reeval_grid, subset_size=size, subset_seed=config.search.seed, stratify=stratify)
+    noises = list(search_grid.noises)
+    return [(t.arch, t.dataset, noises.index(t.noise), t.seed) for t in reeval_grid.tasks_for_generation(SUBSET_STREAM)]
 
 
 def _task_groups(config: "SearchConfig", grid_data: dict[str, Any], seeds: Sequence[int],

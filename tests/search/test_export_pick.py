@@ -215,6 +215,18 @@ def test_a_large_subset_grid_is_reevaluated_on_a_seeded_subset():
     assert listed == sorted((a, d, s) for a, d, _, s in tasks)
 
 
+
+def test_a_stratified_grid_is_reevaluated_on_a_subset_stratified_by_arch():
+    three = {**SUBSET, "grid.archs": ["mlp2", "mlp3", "mlp4"], "grid.stratify": "arch"}
+    seeds = [100, 101, 102]
+    for seed in range(4):
+        tasks = reevaluation_tasks(load_config(overrides={**three, "search.seed": seed}), seeds)
+        counts = sorted(sum(t[0] == a for t in tasks) for a in three["grid.archs"])
+        assert len(tasks) == MAX_TASKS and counts == [2, 3, 3]  # 8 over 3 architectures
+    plain = [reevaluation_tasks(load_config(overrides={**three, "grid.stratify": "none", "search.seed": s}), seeds)
+             for s in range(8)]
+    assert any(sorted(sum(t[0] == a for t in ts) for a in three["grid.archs"]) != [2, 3, 3] for ts in plain)
+
 # --- bad input: one line, nothing written ----------------------------------------------------------
 @pytest.mark.parametrize("kwargs, key", [({"top": 0}, "top"), ({"top": 65}, "top"), ({"top": True}, "top"),
                                          ({"reeval_seeds": 0}, "reeval_seeds"), ({"reeval_seeds": 17}, "reeval_seeds")])
