@@ -30,9 +30,12 @@ def _grid_line(config) -> str:
     """What the search trains on and how it scores, in a few words (for the first progress line)."""
     g, s = config.grid, config.search
     tasks = f"{g.subset_size} tasks per generation" if g.subset_size else "every task"
+    if g.subset_size and g.stratify == "arch":
+        tasks += " (stratified by arch)"
+    less = f" less {len(g.exclude)} excluded pair(s)" if g.exclude else ""
     agg = "mean" if g.aggregate == "mean" else f"q{g.quantile:g}"
     halving = f", successive halving {s.low_fidelity:g}/{s.finish_share:g}" if s.low_fidelity is not None else ""
-    return (f"{len(g.datasets)} datasets x {len(g.archs)} archs x {len(g.noise)} noise types, {tasks}, "
+    return (f"{len(g.datasets)} datasets x {len(g.archs)} archs x {len(g.noise)} noise types{less}, {tasks}, "
             f"fitness {g.fitness}/{agg}{halving}")
 
 

@@ -105,10 +105,15 @@ def test_presets_load_and_build_grids() -> None:
     quick = load_config(preset="quick")
     assert quick.grid.datasets[0] == "digits" and quick.grid.noise[0].rate == 0.8 and quick.grid.subset_size == 6
     tasks = grid_from_config(quick).tasks()
-    assert {t.arch for t in tasks} == {"mlp2", "mlp3"} and tasks[0].splits.max_train == quick.train.max_train
-    assert len(tasks) == 3 * 2 * 2 * 2 and len(grid_from_config(quick).tasks_for_generation(0)) == 6
-    transfer = load_config(preset="transfer")  # the same search at the compare's 30 epochs
-    assert transfer.grid == quick.grid and (quick.train.epochs, transfer.train.epochs) == (15, 30)
+    assert {t.arch for t in tasks} == {"mlp2", "mlp3", "mlp4"} and tasks[0].splits.max_train == quick.train.max_train
+    assert {t.dataset for t in tasks if t.arch == "mlp4"} == {"digits"}  # the deep MLP on digits only
+    assert len(tasks) == (3 + 3 + 1) * 2 * 2 and quick.grid.stratify == "arch"
+    assert sorted(t.arch for t in grid_from_config(quick).tasks_for_generation(0)) == ["mlp2", "mlp2", "mlp3",
+                                                                                      "mlp3", "mlp4", "mlp4"]
+    transfer = load_config(preset="transfer")  # the two-MLP grid quick had before mlp4, at 30 epochs
+    two_mlp = {"grid.archs": ["mlp2", "mlp3"], "grid.exclude": [], "grid.stratify": "none"}
+    assert transfer.grid == load_config(preset="quick", overrides=two_mlp).grid
+    assert (quick.train.epochs, transfer.train.epochs) == (15, 30)
     ar = load_config(preset="quick-ar")  # the AR-only baseline
     assert ar.grid.datasets == ("digits",) and ar.grid.mode == "ar" and ar.train.epochs == 30
     ar, dr = load_config(preset="arl-ar"), load_config(preset="arl-dr")
@@ -134,7 +139,7 @@ def test_file_preset_and_overrides_merge_in_order(tmp_path: Path) -> None:
     path.write_text('[search]\npopsize = 12\n[train]\nepochs = 4\n')
     config = load_config(path, preset="quick", overrides={"search.popsize": 20, "train": {"batch_size": 32}})
     assert config.search.popsize == 20 and config.train.epochs == 4 and config.train.batch_size == 32
-    assert config.grid.archs == ("mlp2", "mlp3")  # from the preset
+    assert config.grid.archs == ("mlp2", "mlp3", "mlp4")  # from the preset
     assert parse_override("search.sigma0=0.3") == ("search.sigma0", 0.3)
     assert parse_override('grid.datasets=["digits"]') == ("grid.datasets", ["digits"])
     assert parse_override("output.run_dir=runs/x") == ("output.run_dir", "runs/x")
@@ -177,3 +182,13 @@ def test_initial_genome() -> None:
     assert initial_genome(parse_config(BASE)) == family.encode(family.defaults()).tolist()
     assert initial_genome(parse_config(with_setting("search.x0", "zeros"))) == [0.0]
     assert initial_genome(parse_config(with_setting("search.x0", [0.25]))) == [0.25]
+
+
+def test_the_quickstart_line_says_what_the_quick_grid_trains_on() -> None:
+    from evoloss.search.commands.quickstart import _grid_line
+
+    line = _grid_line(load_config(preset="quick"))
+    assert line.startswith("3 datasets x 3 archs x 2 noise types less 2 excluded pair(s), "
+                           "6 tasks per generation (stratified by arch), fitness relative-ce/q0.25")
+    plain = _grid_line(load_config(preset="quick", overrides={"grid.exclude": [], "grid.stratify": "none"}))
+    assert "excluded" not in plain and "stratified" not in plain and "6 tasks per generation, " in plain
