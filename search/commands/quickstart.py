@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override a key of the quick compare config, e.g. --compare-set train.epochs=5")
 
 
-def _grid_line(config) -> str:
+def grid_line(config) -> str:
     """What the search trains on and how it scores, in a few words (for the first progress line)."""
     g, s = config.grid, config.search
     tasks = f"{g.subset_size} tasks per generation" if g.subset_size else "every task"
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = api.resolve_search_config("quick", dict(parse_override(s) for s in args.set))
         print(f"[1/3] search: {config.search.family} loss, popsize {config.search.popsize}, "
-              f"{config.search.generations} generations, {_grid_line(config)} -> {search_run}")
+              f"{config.search.generations} generations, {grid_line(config)} -> {search_run}")
         result = api.search(config, out=search_run, address=args.address, progress=progress)
     print_search(result.summary, search_run)
 

@@ -185,10 +185,10 @@ def test_initial_genome() -> None:
 
 
 def test_the_quickstart_line_says_what_the_quick_grid_trains_on() -> None:
-    from evoloss.search.commands.quickstart import _grid_line
+    from evoloss.search.commands.quickstart import grid_line
 
-    line = _grid_line(load_config(preset="quick"))
+    line = grid_line(load_config(preset="quick"))
     assert line.startswith("3 datasets x 3 archs x 2 noise types less 2 excluded pair(s), "
                            "6 tasks per generation (stratified by arch), fitness relative-ce/q0.25")
-    plain = _grid_line(load_config(preset="quick", overrides={"grid.exclude": [], "grid.stratify": "none"}))
+    plain = grid_line(load_config(preset="quick", overrides={"grid.exclude": [], "grid.stratify": "none"}))
     assert "excluded" not in plain and "stratified" not in plain and "6 tasks per generation, " in plain
