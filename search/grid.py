@@ -227,7 +227,8 @@ STRATA = ("none", "arch")
 
 def stratum_shortfall(counts: Mapping[str, int], subset_size: int) -> tuple[str, int] | None:
     """``(arch, share)`` for the first architecture with fewer tasks than the largest share
-    ``ceil(subset_size / len(counts))`` of a stratified subset (or fewer archs than tasks: share 1), else None."""
+    ``ceil(subset_size / len(counts))`` of a stratified subset (1 when the subset is smaller than the
+    number of architectures), else None."""
     share = -(-subset_size // len(counts))
     for arch, n in counts.items():
         if n < share:
