@@ -377,11 +377,10 @@ def _check_pairs(config: SearchConfig) -> None:
         raise ConfigError("grid.subset_size", f"exceeds the {size} tasks left after {len(bad)} pair(s) that cannot "
                           f"work and {len(excluded)} excluded", grid.subset_size, f"use at most {size}")
     if grid.stratify == "arch" and grid.subset_size is not None:
-        from evoloss.search.grid import stratum_shortfall
+        from evoloss.search.grid import arch_task_counts, stratum_shortfall
 
         gone = excluded | {(d, a) for d, a, _ in bad}
-        counts = {a: len(grid.noise) * len(grid.seeds) * sum((d, a) not in gone for d in grid.datasets)
-                  for a in grid.archs}
+        counts = arch_task_counts(grid.datasets, grid.archs, gone, len(grid.noise) * len(grid.seeds))
         short = stratum_shortfall(counts, grid.subset_size)
         if short:
             raise ConfigError("grid.subset_size", f"takes up to {short[1]} tasks of each architecture under "

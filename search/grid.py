@@ -145,9 +145,7 @@ class TaskGrid:
 
     def arch_task_counts(self) -> dict[str, int]:
         """Tasks of each architecture (left-out pairs skipped), in grid order."""
-        per_arch = len(self.noises) * len(self.seeds)
-        skip = set(self.left_out)
-        return {a: per_arch * sum((d, a) not in skip for d in self.datasets) for a in self.archs}
+        return arch_task_counts(self.datasets, self.archs, self.left_out, len(self.noises) * len(self.seeds))
 
     def tasks_for_generation(self, generation: int) -> list[Task]:
         """The tasks every candidate of ``generation`` is trained on (the seeded subset, in grid order).
@@ -223,6 +221,14 @@ def dataset_input(dataset: str, data_dir: str | None) -> tuple[tuple[int, ...], 
 
 STRATA = ("none", "arch")
 """How a generation's task subset is drawn: from the whole grid, or the same share from each architecture."""
+
+
+def arch_task_counts(datasets: Iterable[str], archs: Iterable[str], left_out: Iterable[tuple[str, str]],
+                     per_pair: int) -> dict[str, int]:
+    """Tasks of each architecture: ``per_pair`` (noise settings × seeds) for each of its datasets whose
+    ``(dataset, arch)`` pair is not left out."""
+    skip, datasets = set(left_out), list(datasets)
+    return {a: per_pair * sum((d, a) not in skip for d in datasets) for a in archs}
 
 
 def stratum_shortfall(counts: Mapping[str, int], subset_size: int) -> tuple[str, int] | None:

@@ -142,22 +142,17 @@ def reevaluation_tasks(config: "SearchConfig", seeds: Sequence[int]) -> list[tup
     from evoloss.search.grid import grid_from_config, stratum_shortfall
 
     search_grid = grid_from_config(config)
-    skip = set(search_grid.left_out)
-    grid = config.grid
-    tasks = [(a, d, n, s) for a in grid.archs for d in grid.datasets for n in range(len(grid.noise)) for s in seeds
-             if (d, a) not in skip]
-    if grid.subset_size is None or len(tasks) <= MAX_TASKS:
-        return tasks
-    size = min(len(tasks), max(MAX_TASKS, grid.subset_size))
-    # the search grid's own subset rule (stratified by arch when it is, and each arch has enough tasks) on
-    # the re-evaluation seeds, drawn from the stream [search.seed, SUBSET_STREAM]
-    reeval_grid = dataclasses.replace(search_grid, seeds=tuple(seeds), subset_size=None, stratify="none")
-    stratify = search_grid.stratify
-    if stratify != "none" and stratum_shortfall(reeval_grid.arch_task_counts(), size):
-        stratify = "none"
-    reeval_grid = dataclasses.replace(reeval_grid, subset_size=size, subset_seed=config.search.seed, stratify=stratify)
+    every = dataclasses.replace(search_grid, seeds=tuple(seeds), subset_size=None, stratify="none")
     noises = list(search_grid.noises)
-    return [(t.arch, t.dataset, noises.index(t.noise), t.seed) for t in reeval_grid.tasks_for_generation(SUBSET_STREAM)]
+    tasks = every.tasks()
+    if config.grid.subset_size is not None and len(tasks) > MAX_TASKS:
+        # the search grid's own subset rule (stratified by arch when it is, and each arch has enough tasks)
+        # on the re-evaluation seeds, drawn from the stream [search.seed, SUBSET_STREAM]
+        size = min(len(tasks), max(MAX_TASKS, config.grid.subset_size))
+        stratify = "none" if stratum_shortfall(every.arch_task_counts(), size) else search_grid.stratify
+        drawn = dataclasses.replace(every, subset_size=size, subset_seed=config.search.seed, stratify=stratify)
+        tasks = drawn.tasks_for_generation(SUBSET_STREAM)
+    return [(t.arch, t.dataset, noises.index(t.noise), t.seed) for t in tasks]
 
 
 def _task_groups(config: "SearchConfig", grid_data: dict[str, Any], seeds: Sequence[int],
