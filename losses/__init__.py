@@ -19,6 +19,7 @@ from evoloss.losses import (  # noqa: F401  (registration)
     label_smoothing,
     mae,
     polysoft,
+    relative_gce,
     sce,
     taylor,
 )

@@ -146,11 +146,12 @@ def label_table_by_rows(fn, logits: torch.Tensor, params: dict) -> torch.Tensor:
 
 
 def weighted_terms(fn, params, logits: torch.Tensor, target: torch.Tensor, soft: bool, weight, ignore_index: int,
-                   label_smoothing: float, label_table=None) -> tuple:
+                   label_smoothing: float, label_table=None, batch: bool = False) -> tuple:
     """``(v [M], denominator)`` of the module docstring's rules; ``denominator`` None means M.
 
     ``params`` is a dict, or a function of ``(logits [M, C], class indices [M])`` giving it (the
-    adjusted loss's per-row hyperparameters).
+    adjusted loss's per-row hyperparameters). ``batch``: ``fn`` is a batch family, given
+    ``mask=`` (1 for the kept rows, 0 for ``ignore_index`` rows) so its statistic skips ignored rows.
     """
     classes = logits.shape[1]
     weight = None if weight is None else weight.to(logits.dtype)
@@ -172,6 +173,9 @@ def weighted_terms(fn, params, logits: torch.Tensor, target: torch.Tensor, soft:
         spread = (table if weight is None else table * weight).sum(dim=1)
         own = own if row_weight is None else own * row_weight
         terms = (1.0 - label_smoothing) * own + (label_smoothing / classes) * spread
+    elif batch:
+        terms = fn(logits, safe, mask=keep.to(logits.dtype), **values)
+        terms = terms if row_weight is None else terms * row_weight
     else:
         terms = fn(logits, safe, **values)
         terms = terms if row_weight is None else terms * row_weight
@@ -193,7 +197,7 @@ def reduce_terms(terms: torch.Tensor, denominator, reduction: str, shape) -> tor
 
 def family_criterion(fn, params, input: torch.Tensor, target: torch.Tensor, weight=None, ignore_index: int = -100,
                      reduction: str = "mean", label_smoothing: float = 0.0, *, label_table=None, native=None,
-                     soft_targets: bool = True, validate=None, family: str = "") -> torch.Tensor:
+                     soft_targets: bool = True, validate=None, family: str = "", batch: bool = False) -> torch.Tensor:
     """The loss of family ``fn`` (with ``params``) under ``F.cross_entropy``'s arguments (module docstring).
 
     ``native`` (a function with ``F.cross_entropy``'s signature plus ``**params``) replaces the
@@ -221,10 +225,10 @@ def family_criterion(fn, params, input: torch.Tensor, target: torch.Tensor, weig
         with torch.autocast(logits.device.type, enabled=False):  # computed in float32, as F.cross_entropy is
             wide = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
             terms, denominator = weighted_terms(fn, params, wide, rows, soft, weight, ignore_index,
-                                                label_smoothing, label_table)
+                                                label_smoothing, label_table, batch)
             return reduce_terms(terms, denominator, reduction, shape)
     terms, denominator = weighted_terms(fn, params, logits, rows, soft, weight, ignore_index, label_smoothing,
-                                        label_table)
+                                        label_table, batch)
     return reduce_terms(terms, denominator, reduction, shape)
 
 
@@ -233,13 +237,13 @@ class FamilyLoss(nn.Module):
 
     ``FamilyLoss(fn, params, weight=None, size_average=None, ignore_index=-100, reduce=None,
     reduction="mean", label_smoothing=0.0, *, label_table=None, native=None, soft_targets=True,
-    validate=None, family="")``; ``weight`` is a buffer (it follows ``.to(device)``), as in CE.
+    validate=None, family="", batch=False)``; ``weight`` is a buffer (it follows ``.to(device)``), as in CE.
     ``forward(input, target, reduction=None)``: ``reduction`` overrides the constructor's for one call.
     """
 
     def __init__(self, fn, params=None, weight=None, size_average=None, ignore_index: int = -100, reduce=None,
                  reduction: str = "mean", label_smoothing: float = 0.0, *, label_table=None, native=None,
-                 soft_targets: bool = True, validate=None, family: str = "") -> None:
+                 soft_targets: bool = True, validate=None, family: str = "", batch: bool = False) -> None:
         super().__init__()
         check_criterion_options(weight, size_average, reduce, reduction, label_smoothing, soft_targets, family)
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
@@ -249,13 +253,13 @@ class FamilyLoss(nn.Module):
         self.fn, self.params, self.label_table, self.native = fn, dict(params or {}), label_table, native
         self.register_buffer("weight", weight)
         self.ignore_index, self.reduction, self.label_smoothing = ignore_index, reduction, float(label_smoothing)
-        self.soft_targets, self.validate, self.family_name = soft_targets, validate, family
+        self.soft_targets, self.validate, self.family_name, self.batch = soft_targets, validate, family, batch
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, reduction: str | None = None) -> torch.Tensor:
         return family_criterion(self.fn, self.params, input, target, self.weight, self.ignore_index,
                                 self.reduction if reduction is None else reduction, self.label_smoothing,
                                 label_table=self.label_table, native=self.native, soft_targets=self.soft_targets,
-                                validate=self.validate, family=self.family_name)
+                                validate=self.validate, family=self.family_name, batch=self.batch)
 
     def extra_repr(self) -> str:
         shown = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}=tensor{tuple(v.shape)}"

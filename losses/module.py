@@ -27,7 +27,7 @@ class Loss(FamilyLoss):
         spec = LossSpec(spec.family, family.validate(spec.params))
         super().__init__(family.fn, dict(spec.params), weight, None, ignore_index, None, reduction, label_smoothing,
                          label_table=family.label_table, native=family.native, soft_targets=family.soft_targets,
-                         validate=validate, family=family.name)
+                         validate=validate, family=family.name, batch=family.batch)
         self.family, self.spec = family, spec
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, reduction: str | None = None) -> torch.Tensor:

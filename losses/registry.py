@@ -21,6 +21,14 @@ The family-definition contract (built-in families and users' own, `register_fami
 - ``native=`` (optional) a function with ``F.cross_entropy``'s signature ``(input, target, weight,
   ignore_index, reduction, label_smoothing, **params)`` used instead of the generic rule (``ce``).
 - ``soft_targets=False`` makes probability targets and ``label_smoothing`` a clear error.
+- ``batch=True``: a row's loss may depend on the other rows of its batch (a batch statistic, as in
+  ``relative_gce``). ``fn(logits [..., B, C], targets [..., B], mask=None, **params) -> [..., B]``:
+  each leading index is one batch (the population trainer passes its members' batches as
+  ``[g, B, C]``; everything else passes ``[B, C]``); parameters are floats, 0-d tensors or tensors of
+  the targets' shape; ``mask`` (None: every row) is a float tensor of the targets' shape, 1 for the
+  rows the statistic may read and 0 for rows it must not (``ignore_index`` rows, the compiled step's
+  padding). A batch family has no label table and refuses probability targets and label smoothing
+  (the loss of a row under another label would change the statistic).
 - Portability: ``fn``, ``label_table``, ``native`` and the helpers listed in ``helpers=`` are module-level
   ``def`` functions (or classes) in an importable ``.py`` file, reading only ``torch``, ``math``, ``F``
   (``torch.nn.functional``), ``nn``, builtins, each other and `losses.criterion`'s functions — no module
@@ -139,6 +147,8 @@ class Family:
     native: Callable[..., torch.Tensor] | None = None
     # False: class-probability targets and label_smoothing raise (the loss needs the label itself).
     soft_targets: bool = True
+    # True: fn reads a statistic of its batch (the module docstring's batch contract).
+    batch: bool = False
 
     @property
     def code(self) -> tuple[Callable, ...]:
@@ -246,13 +256,15 @@ def register_family(
     label_table: Callable[..., torch.Tensor] | None = None,
     native: Callable[..., torch.Tensor] | None = None,
     soft_targets: bool = True,
+    batch: bool = False,
 ) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
     """Decorator: register ``fn(logits, targets, **params) -> [B]`` as loss family ``name``.
 
-    ``label_table``, ``native``, ``soft_targets`` and ``helpers``: see the module docstring.
+    ``label_table``, ``native``, ``soft_targets``, ``batch`` and ``helpers``: see the module docstring.
 
     Raises:
-        ValueError: ``name`` is already registered, or is not a lower-case identifier.
+        ValueError: ``name`` is already registered, or is not a lower-case identifier; a ``batch``
+            family with a ``label_table`` or ``native`` implementation.
     """
 
     def deco(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
@@ -260,6 +272,9 @@ def register_family(
             raise ValueError(f"loss family name {name!r} must be lower-case letters, digits and '_'")
         if name in _FAMILIES:
             raise ValueError(f"loss family {name!r} is already registered (by {_FAMILIES[name].fn.__module__})")
+        if batch and (label_table is not None or native is not None):
+            raise ValueError(f"loss family {name!r}: a batch family has no label_table= or native= (a row's loss "
+                             "under another label would change the batch statistic); drop them")
         ps = tuple(params)
         _FAMILIES[name] = Family(
             name=name,
@@ -270,7 +285,8 @@ def register_family(
             searchable=bool(ps) if searchable is None else searchable,
             label_table=label_table,
             native=native,
-            soft_targets=bool(soft_targets),
+            soft_targets=bool(soft_targets) and not batch,
+            batch=bool(batch),
         )
         return fn
 

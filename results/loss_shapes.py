@@ -14,6 +14,9 @@ Logit construction (our choice; the paper does not say): the swept class gets pr
 the remaining 1 − s is spread evenly over the other C − 1 classes (the labelled class among them in
 the right panel). The logits are log p (softmax(log p) = p because Σp = 1), computed in float64; s
 runs over an even grid strictly inside (0, 1): ``linspace(0, 1, points + 2)[1:-1]``.
+
+A batch family (``relative_gce``: a row's loss depends on its batch) is drawn with each point as a
+batch of its own — the loss of a batch whose rows all sit at that point.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from evoloss.losses import LossSpec, create_loss
+from evoloss.losses import LossSpec, create_loss, get_family
 from evoloss.results.store import atomic_write
 
 SWEEPS = ("label", "other")
@@ -74,11 +77,16 @@ def loss_shape_curves(spec: LossSpec, num_classes: int = 10, points: int = 199) 
         raise TypeError(f"spec must be a LossSpec; got {type(spec).__name__} {spec!r}")
     grid = probability_grid(points)
     loss = create_loss(spec, reduction="none")
+    one_row_batches = get_family(spec.family).batch
     curves: dict[str, np.ndarray] = {"p": grid}
     with torch.no_grad():
         for sweep in SWEEPS:
             logits, targets = shape_logits(grid, num_classes, sweep)
-            values = loss(logits, targets).numpy().astype(np.float64)
+            if one_row_batches:
+                values = torch.cat([loss(logits[i:i + 1], targets[i:i + 1]) for i in range(len(targets))])
+            else:
+                values = loss(logits, targets)
+            values = values.numpy().astype(np.float64)
             bad = ~np.isfinite(values)
             if bad.any():
                 raise ValueError(

@@ -68,7 +68,8 @@ def loss_fn(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | No
             reduction: str = "mean", label_smoothing: float = 0.0) -> torch.Tensor:
     """The exported loss with ``F.cross_entropy``'s arguments."""
     return family_criterion(@FN@, PARAMS, input, target, weight, ignore_index, reduction, label_smoothing,
-                            label_table=@TABLE@, native=@NATIVE@, soft_targets=@SOFT@, family=FAMILY)
+                            label_table=@TABLE@, native=@NATIVE@, soft_targets=@SOFT@, family=FAMILY,
+                            batch=@BATCH@)
 
 
 class @CLASS@(FamilyLoss):
@@ -78,7 +79,7 @@ class @CLASS@(FamilyLoss):
                  reduction: str = "mean", label_smoothing: float = 0.0, *, validate: bool | None = None) -> None:
         super().__init__(@FN@, PARAMS, weight, size_average, ignore_index, reduce, reduction, label_smoothing,
                          label_table=@TABLE@, native=@NATIVE@, soft_targets=@SOFT@, validate=validate,
-                         family=FAMILY)
+                         family=FAMILY, batch=@BATCH@)
 '''
 _TEMPLATE_NAMES = {"annotations", "math", "torch", "F", "nn", "FAMILY", "NORMALISATION", "PARAMS", "loss_fn",
                    "__all__"}
@@ -137,7 +138,7 @@ def standalone_source(family: Family, params: Mapping[str, float], name: str) ->
         "@NORM@": repr(normalisation_name(family)), "@PARAMS@": params_literal, "@FN@": family.fn.__name__,
         "@TABLE@": family.label_table.__name__ if family.label_table is not None else "None",
         "@NATIVE@": family.native.__name__ if family.native is not None else "None",
-        "@SOFT@": repr(bool(family.soft_targets)), "@CODE@": "\n\n".join(chunks),
+        "@SOFT@": repr(bool(family.soft_targets)), "@BATCH@": repr(bool(family.batch)), "@CODE@": "\n\n".join(chunks),
     }
     text = _MODULE_TEMPLATE
     for token, value in replacements.items():

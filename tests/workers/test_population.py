@@ -117,6 +117,21 @@ def test_backward_and_grouping_choices_give_the_same_records(options: dict) -> N
         assert other[0].extra["population_backend"] == "stacked-autograd"
 
 
+BATCH_FAMILY = [LossSpec("relative_gce", {"q": q, "a": a}) for q, a in ((0.5, 1.0), (1.2, 0.6), (0.0, 1.0))] + \
+    [LossSpec("gce", {"q": 0.5})]
+
+
+@pytest.mark.parametrize("grouping", ["family", "member"])
+def test_a_batch_family_keeps_each_members_statistic_to_its_own_batch(grouping: str) -> None:
+    """``relative_gce`` reads its batch's mean weight: grouped ([g, B, C]) or member by member, each
+    member's records equal one network trained alone (150 rows, batch 32: a short last batch)."""
+    data, task = _task_data((1, 8, 8), n_train=150), _task("mlp2", epochs=3)
+    ref = StandardTrainer().fit(task, BATCH_FAMILY, data=data)
+    for p, r in zip(PopulationTrainer(loss_grouping=grouping).fit(task, BATCH_FAMILY, data=data), ref):
+        _assert_same_run(p, r)
+    assert len({r.train_loss_last for r in ref}) == len(ref)
+
+
 def test_float32_runs_match_standard_within_rounding() -> None:
     """The production dtype: accumulation order differs (see the module docstring), so compare with a
     tolerance — at most one validation row flips per epoch and the losses agree to 1e-4."""

@@ -115,6 +115,16 @@ def test_adam_clipping_weight_decay_cosine_and_max_steps_compiled(steps_per_call
         assert c.execution == "stacked-compiled" and c.extra["steps"] == 13
 
 
+def test_a_batch_family_leaves_the_padded_rows_out_of_its_statistic() -> None:
+    """The compiled step pads the last batch (150 rows, batch 32) and K = 3 to 4 slots; ``relative_gce``
+    gets the row weights as its mask, so its batch mean equals the standard trainer's on the real rows."""
+    specs = [LossSpec("relative_gce", {"q": q, "a": 1.0}) for q in (0.3, 0.7, 1.1)]
+    data, task = _data((1, 6, 6)), _task("mlp2", epochs=3)
+    for c, s in zip(_compiled().fit(task, specs, data=data), StandardTrainer().fit(task, specs, data=data)):
+        _same(c, s)
+        assert c.execution == "stacked-compiled"
+
+
 def test_a_second_fit_of_the_same_signature_skips_the_warm_up(monkeypatch: pytest.MonkeyPatch) -> None:
     """The warm-up (both step functions and the prediction on copies of the state) runs once per signature
     and process: a later fit calls the compiled functions only for its own steps and evaluations."""

@@ -91,11 +91,13 @@ def configure_cache(data_dir: str | os.PathLike | None) -> str:
 
 @dataclass(frozen=True)
 class LossGroup:
-    """The slots of one loss family: ``fn(logits[g·B, C], targets[g·B], **params[g·B])`` per sample."""
+    """The slots of one loss family: ``fn(logits[g·B, C], targets[g·B], **params[g·B])`` per sample; a
+    batch family (``batch``) gets ``[g, B, C]``, ``[g, B]`` and the row weights as its ``mask``."""
 
     fn: Callable[..., torch.Tensor]
     param_names: tuple[str, ...]
     slots: tuple[int, ...]
+    batch: bool = False
 
 
 @dataclass(frozen=True)
@@ -179,7 +181,12 @@ def make_step(plan: StepPlan, steps: int = 1) -> Step:
                 logits[list(group.slots)].reshape(g * batch, classes)
             kwargs = dict(zip(group.param_names, loss_args[arg:arg + len(group.param_names)]))
             arg += len(group.param_names)
-            per_sample = group.fn(chunk, y.repeat(g), **kwargs).reshape(g, batch)
+            if group.batch:  # the padding rows stay out of the batch statistic
+                kwargs = {name: v.reshape(g, batch) for name, v in kwargs.items()}
+                per_sample = group.fn(chunk.reshape(g, batch, classes), y.expand(g, batch),
+                                      mask=row_w.expand(g, batch), **kwargs)
+            else:
+                per_sample = group.fn(chunk, y.repeat(g), **kwargs).reshape(g, batch)
             parts.append((per_sample * row_w).sum(dim=1) / row_w.sum())  # the mean over the real rows
         values = torch.cat(parts) if len(parts) > 1 else parts[0]
         return values if order == list(range(k)) else values[inverse]
@@ -268,7 +275,7 @@ class CompiledSteps:
         by_name = {fam.name: fam for fam in families}
         self.plan = StepPlan(
             layers=tuple(net.layers), param_counts=tuple(len(layer.params) for layer in net.layers), slots=slots,
-            groups=tuple(LossGroup(by_name[n].fn, tuple(by_name[n].param_names), tuple(ss))
+            groups=tuple(LossGroup(by_name[n].fn, tuple(by_name[n].param_names), tuple(ss), by_name[n].batch)
                          for n, ss in groups.items()),
             optim=optim, grad_clip=grad_clip,
         )

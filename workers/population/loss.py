@@ -6,7 +6,8 @@ them, both giving member k the batch mean of ``family.fn(logits[k], targets, **p
 
 - ``grouping="family"`` (default): one call per family. The group's logits are flattened to
   ``[g·B, C]`` and each parameter becomes a per-sample tensor ``[g·B]`` (member k's value repeated B
-  times) — the per-sample parameter path every family supports (losses/registry.py).
+  times) — the per-sample parameter path every family supports (losses/registry.py); a batch family
+  (``relative_gce``) gets ``[g, B, C]`` instead, one batch per member, so its statistic stays per member.
 - ``grouping="member"``: one call per member with float parameters.
 
 A family whose grouped call raises is retried member by member from then on; a member whose own call
@@ -97,8 +98,13 @@ class MemberLosses:
         else:
             group_logits = logits.index_select(0, self._index(("members", tuple(members)), members, logits))
             group_logits = group_logits.reshape(g * batch, classes)
-        params = self._group_params(self.families[members[0]].name, members, batch, logits)
-        per_sample = self.families[members[0]].fn(group_logits, targets.repeat(g), **params)
+        family = self.families[members[0]]
+        params = self._group_params(family.name, members, batch, logits)
+        if family.batch:  # one batch per member: [g, B, C] (losses.registry's batch contract)
+            params = {k: v.reshape(g, batch) for k, v in params.items()}
+            per_sample = family.fn(group_logits.reshape(g, batch, classes), targets.expand(g, batch), **params)
+        else:
+            per_sample = family.fn(group_logits, targets.repeat(g), **params)
         return per_sample.reshape(g, batch).mean(dim=1)
 
     def _losses_of(self, members: list[int], logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
