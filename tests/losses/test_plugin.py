@@ -227,7 +227,8 @@ def test_standalone_module_matches_in_a_clean_process(scaled_family: Family, tmp
         probs = torch.softmax(logits.flip(0), dim=1)
         case["extras"] = [(weighted, targets, create_loss(spec, **weighted)(logits, targets).detach())]
         if soft:  # a family without probability targets refuses them (tests/losses/test_criterion.py)
-            case["extras"].append(({"reduction": "sum"}, probs, create_loss(spec, reduction="sum")(logits, probs).detach()))
+            summed = create_loss(spec, reduction="sum")(logits, probs).detach()
+            case["extras"].append(({"reduction": "sum"}, probs, summed))
         cases[name] = case
     torch.save(cases, tmp_path / "cases.pt")
     (tmp_path / "check.py").write_text(_STANDALONE_CHECK)
