@@ -175,7 +175,7 @@ def test_wheel_holds_only_evoloss_and_installs_one_import_name(tmp_path: Path) -
          "print(callable(evoloss.search), p.preset_names('search'), p.preset_names('compare'))"],
         capture_output=True, text=True, timeout=60, cwd=outside, env=env)
     assert usable.returncode == 0, usable.stderr
-    assert usable.stdout.strip() == "True ['arl-ar', 'arl-dr', 'quick', 'quick-ar', 'transfer'] ['arl-table1', 'arl-table2', 'quick']"
+    assert usable.stdout.strip() == "True ['arl-ar', 'arl-dr', 'quick', 'quick-ar', 'quick-taylor', 'transfer'] ['arl-table1', 'arl-table2', 'quick']"
 
 
 # --- docs/records.md and the schema ------------------------------------------------------------------

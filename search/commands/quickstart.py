@@ -1,6 +1,6 @@
 """`evoloss quickstart`: the main job on one machine, start to finish.
 
-1. a `quick` CMA-ES search of the Taylor loss on data that needs no network (resumed if a previous
+1. a `quick` CMA-ES search of a batch-relative GCE on data that needs no network (resumed if a previous
    quickstart was interrupted, reused if it finished);
 2. the export of its best loss (and of the final CMA-ES mean) as standalone plug-ins;
 3. a `quick` compare of that loss against hand-designed and meta-learned losses, including tasks the

@@ -101,8 +101,12 @@ def test_bad_config_raises_one_clear_error(path: str, value: Any, message: str) 
 
 
 def test_presets_load_and_build_grids() -> None:
-    assert {"quick", "quick-ar", "transfer", "arl-ar", "arl-dr"} <= set(list_presets())
+    assert {"quick", "quick-taylor", "quick-ar", "transfer", "arl-ar", "arl-dr"} <= set(list_presets())
     quick = load_config(preset="quick")
+    assert (quick.search.family, quick.search.low_fidelity) == ("relative_gce", None)  # no halving (its comments)
+    taylor = load_config(preset="quick-taylor")  # the main job's search until relative_gce: same grid and train
+    assert (taylor.search.family, taylor.search.low_fidelity, taylor.search.finish_share) == ("taylor", 0.25, 0.34)
+    assert (taylor.grid, taylor.train) == (quick.grid, quick.train)
     assert quick.grid.datasets[0] == "digits" and quick.grid.noise[0].rate == 0.8 and quick.grid.subset_size == 6
     tasks = grid_from_config(quick).tasks()
     assert {t.arch for t in tasks} == {"mlp2", "mlp3", "mlp4"} and tasks[0].splits.max_train == quick.train.max_train
@@ -149,10 +153,10 @@ def test_file_preset_and_overrides_merge_in_order(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("unset", ["none", "None", None])
 def test_an_override_of_none_unsets_an_optional_field(tmp_path: Path, unset: object) -> None:
-    """The quick preset turns successive halving on; ``--set search.low_fidelity=none`` turns it off
-    (TOML has no null), as does None from Python; a file's optional value is unset the same way."""
-    assert load_config(preset="quick").search.low_fidelity == 0.25
-    config = load_config(preset="quick", overrides={"search.low_fidelity": unset})
+    """The quick-taylor preset turns successive halving on; ``--set search.low_fidelity=none`` turns it
+    off (TOML has no null), as does None from Python; a file's optional value is unset the same way."""
+    assert load_config(preset="quick-taylor").search.low_fidelity == 0.25
+    config = load_config(preset="quick-taylor", overrides={"search.low_fidelity": unset})
     assert config.search.low_fidelity is None and config.search.finish_share == 0.34
     path = tmp_path / "my.toml"
     path.write_text("[train]\nlr = 0.05\nepochs = 3\n")
