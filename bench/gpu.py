@@ -12,7 +12,7 @@ On ``cuda:0`` (float32, the default TF32 settings left alone) it measures, like 
    Inductor), at K = 8, 32 and 128; each population figure is the best of 2 fits after a warm-up
    fit, whose compile time is printed (``compile s``);
 2. the quick search's inner loop (``search/presets/quick.toml``): the 6 tasks of generation 0 with
-   ``popsize`` Taylor candidates each (the family defaults plus seeded genome noise of the preset's
+   ``popsize`` candidates of its family each (the family defaults plus seeded genome noise of the preset's
    sigma0), full budget, compiled population; evaluations/s of a second generation's worth of fits
    after the first (which pays the compiles). Dispatch, Ray and the store are not included: that is
    the inner loop the quick search spends 98% of its wall time in.
