@@ -1,7 +1,8 @@
 """The ``nn.CrossEntropyLoss`` contract of every evoloss loss module — the one implementation.
 
 A loss family is a per-sample function ``fn(logits [M, C], targets [M], **params) -> [M]`` of class
-indices (`losses.registry`). `family_criterion` / `FamilyLoss` make it a drop-in for
+indices (`losses.registry`); a *batch* family (``batch=True``: a row's loss reads its batch) is also
+given ``mask=`` — 1 for the kept rows, 0 for ``ignore_index`` rows — so its statistic skips them. `family_criterion` / `FamilyLoss` make it a drop-in for
 ``nn.CrossEntropyLoss``: the same constructor arguments (``weight``, ``ignore_index``, ``reduction``,
 ``label_smoothing``) and call forms. The same code serves `losses.create_loss` / `losses.load_loss`
 modules (`losses.module.Loss` subclasses `FamilyLoss`), the trainers' loss objects and the generated
