@@ -2,11 +2,12 @@
 
 A loss family is a per-sample function ``fn(logits [M, C], targets [M], **params) -> [M]`` of class
 indices (`losses.registry`); a *batch* family (``batch=True``: a row's loss reads its batch) is also
-given ``mask=`` — 1 for the kept rows, 0 for ``ignore_index`` rows — so its statistic skips them. `family_criterion` / `FamilyLoss` make it a drop-in for
-``nn.CrossEntropyLoss``: the same constructor arguments (``weight``, ``ignore_index``, ``reduction``,
-``label_smoothing``) and call forms. The same code serves `losses.create_loss` / `losses.load_loss`
-modules (`losses.module.Loss` subclasses `FamilyLoss`), the trainers' loss objects and the generated
-standalone plug-ins, which copy this module's functions verbatim (`CRITERION_CODE`).
+given ``mask=`` — 1 for the kept rows, 0 for ``ignore_index`` rows — so its statistic skips them.
+`family_criterion` / `FamilyLoss` make it a drop-in for ``nn.CrossEntropyLoss``: the same constructor
+arguments (``weight``, ``ignore_index``, ``reduction``, ``label_smoothing``) and call forms. The same
+code serves `losses.create_loss` / `losses.load_loss` modules (`losses.module.Loss` subclasses
+`FamilyLoss`), the trainers' loss objects and the generated standalone plug-ins, which copy this
+module's functions verbatim (`CRITERION_CODE`).
 
 Shapes: ``input`` is ``[C]`` (one sample; target a 0-d index or ``[C]`` probabilities), ``[N, C]`` or
 ``[N, C, d1, …]`` (target ``[N, d1, …]`` indices or ``[N, C, d1, …]`` probabilities). Rows are
@@ -174,11 +175,9 @@ def weighted_terms(fn, params, logits: torch.Tensor, target: torch.Tensor, soft:
         spread = (table if weight is None else table * weight).sum(dim=1)
         own = own if row_weight is None else own * row_weight
         terms = (1.0 - label_smoothing) * own + (label_smoothing / classes) * spread
-    elif batch:
-        terms = fn(logits, safe, mask=keep.to(logits.dtype), **values)
-        terms = terms if row_weight is None else terms * row_weight
     else:
-        terms = fn(logits, safe, **values)
+        mask = {"mask": keep.to(logits.dtype)} if batch else {}  # a batch family's statistic skips ignored rows
+        terms = fn(logits, safe, **mask, **values)
         terms = terms if row_weight is None else terms * row_weight
     terms = torch.where(keep, terms, torch.zeros_like(terms))
     if row_weight is None:

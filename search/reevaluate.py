@@ -29,11 +29,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import dataclasses
 import math
 import os
 import shutil
 import tempfile
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence

@@ -15,8 +15,9 @@ Initialisation is PyTorch's default under ``seed``: ``create_arch(..., seed=s)``
 network's initial weights depend on the seed alone (the population trainer relies on this).
 
 Choices where the papers are silent (gao-arl §4 names MLP-2, MLP-3 and a 4-layer CNN only):
-hidden width 256 for the MLPs (MLP-4, three hidden layers, is ours); CNN-4 = two 3×3 conv layers (32, 64; ReLU, 2×2 max-pool) and two
-linear layers (128 hidden) after an adaptive average pool to at most 4×4. CIFAR-style networks follow
+hidden width 256 for the MLPs (MLP-4, three hidden layers, is ours); CNN-4 = two 3×3 conv layers
+(32, 64; ReLU, 2×2 max-pool) and two linear layers (128 hidden) after an adaptive average pool to at
+most 4×4. CIFAR-style networks follow
 He et al. (2016): a 3×3 stem without max-pool; ResNet-32 uses parameter-free "option A" shortcuts.
 """
 from __future__ import annotations

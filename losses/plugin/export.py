@@ -138,7 +138,8 @@ def standalone_source(family: Family, params: Mapping[str, float], name: str) ->
         "@NORM@": repr(normalisation_name(family)), "@PARAMS@": params_literal, "@FN@": family.fn.__name__,
         "@TABLE@": family.label_table.__name__ if family.label_table is not None else "None",
         "@NATIVE@": family.native.__name__ if family.native is not None else "None",
-        "@SOFT@": repr(bool(family.soft_targets)), "@BATCH@": repr(bool(family.batch)), "@CODE@": "\n\n".join(chunks),
+        "@SOFT@": repr(bool(family.soft_targets)), "@BATCH@": repr(bool(family.batch)),
+        "@CODE@": "\n\n".join(chunks),
     }
     text = _MODULE_TEMPLATE
     for token, value in replacements.items():
