@@ -120,22 +120,25 @@ class AdjustedLoss(nn.Module):
     and device when used. ``nn.CrossEntropyLoss``'s options follow `losses.criterion` (``weight``,
     ``ignore_index``, ``label_smoothing`` — the base loss's expected value under the smoothed label,
     with the row's Λ — and ``[C]``, ``[N, C]``, ``[N, C, d1, ...]`` inputs); class-probability targets
-    raise, the adjuster's input being the labelled class's logit margin.
+    raise, the adjuster's input being the labelled class's logit margin. ``batch``: the base family is
+    a batch family (`losses.registry`): its batch statistic reads only the kept rows (``ignore_index``
+    rows are masked out) and label smoothing is refused, as for `losses.Loss`.
     """
 
     def __init__(self, base_loss: Callable, family: str, param_names: Sequence[str], offsets: Sequence[float],
                  scales: Sequence[float], snapshots: Sequence[Mapping], fixed_params: Mapping | None = None,
                  reduction: str = "mean", *, weight: torch.Tensor | None = None, ignore_index: int = -100,
                  label_smoothing: float = 0.0, label_table: Callable | None = None,
-                 validate: bool | None = None) -> None:
+                 validate: bool | None = None, batch: bool = False) -> None:
         super().__init__()
-        check_criterion_options(weight, None, None, reduction, label_smoothing, True, family)
+        check_criterion_options(weight, None, None, reduction, label_smoothing, not batch, family)
         if not snapshots:
             raise ValueError("an adjusted loss needs at least one adjuster snapshot")
         self.base_loss, self.family, self.reduction, self.label_table = base_loss, family, reduction, label_table
         self.param_names, self.fixed_params = tuple(param_names), dict(fixed_params or {})
         self.snapshot_count, self.progress = len(snapshots), None
         self.ignore_index, self.label_smoothing, self.validate = int(ignore_index), float(label_smoothing), validate
+        self.batch = bool(batch)
         self.register_buffer("weight", weight)
         self.register_buffer("offsets", torch.tensor([float(v) for v in offsets], dtype=torch.float64))
         self.register_buffer("scales", torch.tensor([float(v) for v in scales], dtype=torch.float64))
@@ -174,7 +177,7 @@ class AdjustedLoss(nn.Module):
                                 input, target, self.weight, self.ignore_index,
                                 self.reduction if reduction is None else reduction, self.label_smoothing,
                                 label_table=self.label_table, soft_targets=False, validate=self.validate,
-                                family=self.family)
+                                family=self.family, batch=self.batch)
 
     def extra_repr(self) -> str:
         return (f"family={self.family!r}, learned={self.param_names!r}, fixed={self.fixed_params!r}, "
@@ -206,7 +209,7 @@ class AdjustedPlugin:
         return AdjustedLoss(family.fn, self.family, self.param_names,
                             [self.offsets[n] for n in self.param_names], [self.scales[n] for n in self.param_names],
                             self.snapshots, self.fixed_params, reduction=reduction, label_table=family.label_table,
-                            **options)
+                            batch=family.batch, **options)
 
     def base_spec(self) -> LossSpec:
         """The base family with the fixed parameters (what NARL's trainer takes as its spec)."""

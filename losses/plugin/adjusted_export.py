@@ -163,7 +163,7 @@ class @CLASS@(AdjustedLoss):
         check_criterion_options(weight, size_average, reduce, reduction, label_smoothing, True, FAMILY)
         super().__init__(@FN@, FAMILY, PARAM_NAMES, OFFSETS, SCALES, SNAPSHOTS, FIXED_PARAMS, reduction=reduction,
                          weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
-                         label_table=@TABLE@, validate=validate)
+                         label_table=@TABLE@, validate=validate, batch=@BATCH@)
 '''
 
 
@@ -181,6 +181,7 @@ def adjusted_standalone_source(plugin: AdjustedPlugin) -> str:
         "@FIXED@": repr(plugin.fixed_params), "@OFFSETS@": repr([plugin.offsets[n] for n in plugin.param_names]),
         "@SCALES@": repr([plugin.scales[n] for n in plugin.param_names]), "@FN@": family.fn.__name__,
         "@TABLE@": family.label_table.__name__ if family.label_table is not None else "None",
+        "@BATCH@": repr(bool(family.batch)),
         "@COUNT@": f"{len(plugin.snapshots)} snapshot{'s' if many else ''}",
         "@PROGRESS_NOTE@": "pass progress (or call set_progress) before computing the loss." if many
         else "progress is not needed.",

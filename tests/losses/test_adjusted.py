@@ -30,6 +30,7 @@ BASES = {
     "sce": (("alpha", "beta"), (0.0, 0.0), (20.0, 20.0)),
     "polysoft": (("lam", "d"), (1e-4, 1.0001), (10.0, 10.0)),
     "js": (("pi1",), (0.05,), (0.9,)),
+    "relative_gce": (("q",), (1e-4,), (0.9999,)),  # a batch family (a = 1 by default)
 }
 
 
@@ -61,6 +62,9 @@ def base_formula(family: str, logits: torch.Tensor, targets: torch.Tensor, lam: 
         return (1 - p_y ** q) / q
     if family == "sce":
         return lam["alpha"] * (-torch.log(p_y)) + lam["beta"] * (-fixed["A"]) * (1 - p_y)
+    if family == "relative_gce":  # sg(p^q / m^a)·(−log p_y), m the batch's mean weight (losses/relative_gce.py)
+        w = p_y.detach() ** lam["q"]
+        return w / w.mean() ** fixed.get("a", 1.0) * -torch.log(p_y)
     if family == "polysoft":
         ce, lam_, d = -torch.log(p_y), lam["lam"], lam["d"]
         inner = torch.where(ce < lam_, 1 - ce / lam_, torch.zeros_like(ce))
@@ -268,7 +272,7 @@ def test_standalone_module_matches_the_formulas_in_a_clean_process(tmp_path: Pat
     result = subprocess.run([sys.executable, "-I", str(tmp_path / "check.py"), str(tmp_path / "cases.pt")],
                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "families=4 checked=16" in result.stdout and "leaked=[]" in result.stdout
+    assert f"families={len(BASES)} checked={4 * len(BASES)}" in result.stdout and "leaked=[]" in result.stdout
 
 
 # --- malformed adjusted plug-ins: each a ValueError naming the field -------------------------------
@@ -389,3 +393,21 @@ def test_bad_export_arguments_write_nothing(tmp_path: Path, adjuster: object, ba
     with pytest.raises(ValueError, match=match):
         losses.export_adjuster_plugin(adjuster, base, tmp_path / "p", **kwargs)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_batch_base_family_reads_only_the_kept_rows(tmp_path: Path) -> None:
+    """relative_gce's batch mean skips ``ignore_index`` rows: the loss equals the loss of the kept rows alone."""
+    snapshots = export_three_stages("relative_gce", tmp_path / "p")
+    loss = losses.load_loss(tmp_path / "p" / "loss.json", reduction="none")
+    logits, targets = make_inputs(seed=21, batch=10, classes=5)
+    ignored = targets.clone()
+    ignored[[1, 4, 7]] = -100
+    kept = ignored != -100
+    values = loss(logits, ignored, progress=0.5)
+    want, _ = expected_per_sample("relative_gce", snapshots[1], logits[kept], targets[kept])
+    torch.testing.assert_close(values[kept], want, rtol=1e-10, atol=1e-12)
+    assert (values[~kept] == 0).all()
+    mean = losses.load_loss(tmp_path / "p")(logits, ignored, progress=0.5)
+    torch.testing.assert_close(mean, want.mean(), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="label_smoothing=0.1"):
+        losses.load_loss(tmp_path / "p", label_smoothing=0.1)
