@@ -28,8 +28,8 @@ the plug-in last — and renames it into place, so a failure leaves nothing behi
 from __future__ import annotations
 
 import contextlib
-import json
 import dataclasses
+import json
 import math
 import os
 import shutil
