@@ -245,13 +245,7 @@ class StackedRun:
                 for v, t, n in zip(accuracies["val"], accuracies["test"], accuracies["noisy_val"])]
 
     def _eval_rows(self, size: int) -> int:
-        """Rows per stacked eval forward: K members widen every activation K-fold, so fewer rows keep it in
-        cache (measured ~3x faster at K=8 and K=32 than eval_batch_size rows); predictions are per row.
-        The joined splits are cut into equal chunks of at most that many rows, so the compiled path's
-        padding of its last chunk is under one row per chunk."""
-        cap = min(self.trainer.eval_batch_size, max(EVAL_MIN_ROWS, EVAL_ROW_BUDGET // size))
-        n = max(len(self.eval_x), 1)
-        return math.ceil(n / math.ceil(n / cap))
+        return eval_chunk_rows(size, len(self.eval_x), self.trainer.eval_batch_size)
 
     def _records(self) -> list[EvalRecord]:
         wall = time.perf_counter() - self.start
@@ -277,6 +271,16 @@ class StackedRun:
             record.execution, record.execution_note = execution, self.note
             records.append(record)
         return records
+
+
+def eval_chunk_rows(size: int, rows: int, eval_batch_size: int) -> int:
+    """Rows per stacked eval forward of ``size`` stack slots over ``rows`` joined eval rows: K members widen
+    every activation K-fold, so fewer rows keep it in cache (measured ~3x faster at K=8 and K=32 than
+    eval_batch_size rows); predictions are per row. The rows are cut into equal chunks of at most that
+    many, so the compiled path's padding of its last chunk is under one row per chunk."""
+    cap = min(eval_batch_size, max(EVAL_MIN_ROWS, EVAL_ROW_BUDGET // size))
+    n = max(rows, 1)
+    return math.ceil(n / math.ceil(n / cap))
 
 
 def _joined_splits(splits: EvalSplits) -> tuple[torch.Tensor, dict[str, tuple[int, torch.Tensor | None]]]:
